@@ -1,0 +1,65 @@
+"""The exceptions and warnings kidresearch raises, one per kind of problem.
+
+Each subclasses ``ValueError`` (bad data or settings) or ``PermissionError`` (refused access), so
+callers that already catch those keep working. ``kid`` maps each class to its own exit code.
+"""
+
+from __future__ import annotations
+
+
+class KidError(Exception):
+    """Base class of kidresearch's own errors."""
+
+    exit_code = 1
+
+
+class ScenarioError(KidError, ValueError):
+    """A synthetic scenario file or preset is invalid; the message names the key."""
+
+    exit_code = 2
+
+
+class FeedError(KidError, ValueError):
+    """A raw feed file is unreadable, truncated or of the wrong shape; the message names the file."""
+
+    exit_code = 3
+
+
+class BuildError(KidError, RuntimeError):
+    """A KID build failed; the previous version stays published."""
+
+    exit_code = 3
+
+
+class ProposalError(KidError, ValueError):
+    """A proposal file is invalid, expired or does not allow what was asked."""
+
+    exit_code = 4
+
+
+class AccessRefused(KidError, PermissionError):
+    """A request went beyond what the proposal allows; it was refused and logged."""
+
+    exit_code = 5
+
+
+class AuditError(KidError, RuntimeError):
+    """The audit log is missing, unreadable or fails verification."""
+
+    exit_code = 6
+
+
+class DisclosureError(KidError, ValueError):
+    """An output or disclosure policy is invalid, or an output fails disclosure control."""
+
+    exit_code = 7
+
+
+class ReportError(KidError, RuntimeError):
+    """A report run failed (one or more notebooks failed)."""
+
+    exit_code = 8
+
+
+class DroppedRowsWarning(UserWarning):
+    """Rows were left out of an analysis (e.g. missing values); the message gives the count."""
