@@ -1,0 +1,1265 @@
+"""Matched cohort comparisons with the conventions of R's MatchIt (4.7) and cobalt.
+
+One call makes a result object, and everything else reads it, as in MatchIt: :func:`match`
+returns a :class:`MatchResult` whose ``.matched`` is MatchIt's ``match_data()``, whose
+``.balance()`` is ``summary()`` / cobalt's ``bal.tab()``, whose ``.summary()`` gives the sample
+sizes, whose ``.love_plot()`` draws the balance, and whose ``.estimate()`` fits the outcome model
+on the matched sample with pair-clustered standard errors.
+
+Methods
+-------
+``"nearest"``
+    Greedy nearest-neighbour matching on a one-dimensional distance (by default the propensity
+    score from a logistic regression, on the probability scale as MatchIt's ``distance = "glm"``),
+    treated units taken in decreasing order of the score (``m_order="largest"``), each paired with
+    the closest control still available, ties going to the control with the lower score, as
+    MatchIt's ``nn_matchC_vec``. The search is O(n log n): controls sorted once, availability
+    kept in two union-find "next free to the left / right" structures, so 50,000 treated against
+    1.5 million controls take seconds. ``ratio=k`` does k rounds (every treated unit gets its
+    first match before any gets its second), as MatchIt. With ``replace=True`` every treated unit
+    takes its k nearest controls regardless of reuse (vectorised). ``distance="mahalanobis"``
+    matches on the Mahalanobis distance (pooled within-group covariance), greedy in data order:
+    O(n_treated x n_control), for samples of thousands, not millions.
+``"exact"``
+    Subclasses of identical covariate values holding both groups.
+``"cem"``
+    Coarsened exact matching: numeric covariates cut into equal-width bins (Sturges' rule by
+    default, as MatchIt's in-house ``cem``: ``ceiling(log2(n) + 1)`` bins between the minimum and
+    maximum, values on a cut point going to the upper bin), other covariates kept as they are.
+
+Weights follow MatchIt: for the ATT treated units weigh 1 and a control weighs the sum over its
+matched treated units of 1 / (that unit's number of matches), or n_treated / n_control in its
+subclass for exact and CEM; control weights are then scaled to sum to the number of matched
+controls.
+
+Examples
+--------
+>>> import pandas as pd
+>>> toy = pd.DataFrame({"treat": [1, 1, 0, 0, 0], "score": [0.9, 0.5, 0.85, 0.55, 0.1]})
+>>> result = match(toy, "treat", [], distance=toy["score"])
+>>> result.matched[["treat", "weights", "subclass"]]
+   treat  weights  subclass
+0      1      1.0         1
+1      1      1.0         2
+2      0      1.0         1
+3      0      1.0         2
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from kidresearch.errors import DroppedRowsWarning, KidError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = [
+    "SMD_THRESHOLD",
+    "Balance",
+    "MatchResult",
+    "MatchedEffect",
+    "MatchingError",
+    "fit_propensity_score",
+    "match",
+]
+
+logger = logging.getLogger(__name__)
+
+#: |SMD| below which a covariate is usually called balanced (Austin, Stat Med 2009;28:3083-3107;
+#: cobalt's ``thresholds = c(m = .1)`` convention).
+SMD_THRESHOLD = 0.1
+
+Method = Literal["nearest", "exact", "cem"]
+Estimand = Literal["ATT", "ATC", "ATE"]
+
+
+class MatchingError(KidError, ValueError):
+    """Bad input to matching or effect estimation; the message names the column or argument."""
+
+    exit_code = 2
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks and design matrices
+# --------------------------------------------------------------------------------------------
+
+
+def _check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
+    if value not in allowed:
+        raise MatchingError(
+            f"The '{name}' parameter of match must be one of {list(allowed)}. Got {value!r} instead."
+        )
+
+
+def _treatment_vector(data: pd.DataFrame, treatment: str) -> np.ndarray:
+    if treatment not in data.columns:
+        raise MatchingError(
+            f"Treatment column '{treatment}' is not in the data; columns are {list(data.columns)}."
+        )
+    raw = data[treatment]
+    missing = int(raw.isna().sum())
+    if missing:
+        rows = list(np.flatnonzero(raw.isna().to_numpy())[:5])
+        raise MatchingError(
+            f"Treatment column '{treatment}' has {missing} missing values (first rows {rows}); "
+            "expected 0/1 for every row. Remove or impute them before matching."
+        )
+    values = pd.unique(raw)
+    if not set(values.tolist()) <= {0, 1}:  # bools compare equal to 0/1
+        raise MatchingError(
+            f"Treatment column '{treatment}' must hold 0/1 (or False/True); "
+            f"found values {sorted(map(str, values))[:6]}."
+        )
+    t = raw.to_numpy().astype(np.int8)
+    if t.sum() == 0 or t.sum() == len(t):
+        raise MatchingError(
+            f"Treatment column '{treatment}' must have both treated (1) and control (0) rows; "
+            f"found {int(t.sum())} treated of {len(t)}."
+        )
+    return t
+
+
+def _is_categorical(series: pd.Series) -> bool:
+    return not (pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series))
+
+
+def _covariate_frames(
+    data: pd.DataFrame, covariates: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Balance columns (every level of a categorical) and model columns (first level dropped)."""
+    missing_cols = [c for c in covariates if c not in data.columns]
+    if missing_cols:
+        raise MatchingError(
+            f"Covariates {missing_cols} are not in the data; columns are {list(data.columns)}."
+        )
+    balance_parts: list[pd.DataFrame] = []
+    model_parts: list[pd.DataFrame] = []
+    for name in covariates:
+        col = data[name]
+        n_missing = int(col.isna().sum())
+        if n_missing:
+            rows = list(np.flatnonzero(col.isna().to_numpy())[:5])
+            raise MatchingError(
+                f"Covariate '{name}' has {n_missing} missing values (first rows {rows}); matching "
+                "needs complete covariates. Impute them or add a missingness indicator."
+            )
+        if _is_categorical(col):
+            levels = sorted(pd.unique(col).tolist(), key=str)
+            cat = pd.Categorical(col, categories=levels)
+            dummies = pd.get_dummies(cat, prefix=name, prefix_sep="_", dtype=float)
+            dummies.index = data.index
+            balance_parts.append(dummies)
+            model_parts.append(dummies.iloc[:, 1:])
+        else:
+            as_float = col.astype(float).rename(name).to_frame()
+            balance_parts.append(as_float)
+            model_parts.append(as_float)
+    empty = pd.DataFrame(index=data.index)
+    balance = pd.concat(balance_parts, axis=1) if balance_parts else empty
+    model = pd.concat(model_parts, axis=1) if model_parts else empty
+    return balance, model
+
+
+def fit_propensity_score(
+    covariates: pd.DataFrame | np.ndarray,
+    treatment: np.ndarray,
+    *,
+    max_iter: int = 25,
+    tol: float = 1e-8,
+) -> np.ndarray:
+    """Fit a logistic regression of treatment on covariates by IRLS; return fitted probabilities.
+
+    The same algorithm and stopping rule as R's ``glm(family = binomial)`` (start at
+    ``mu = (y + 0.5) / 2``; stop when the relative change in deviance is below ``tol``), so the
+    scores agree with MatchIt's ``distance = "glm"`` to about 1e-8. Vectorised in numpy: a 1.5
+    million-row, 10-column fit takes about a second.
+
+    Parameters
+    ----------
+    covariates
+        Model matrix without intercept (an intercept is added).
+    treatment
+        0/1 array.
+    max_iter, tol
+        Iteration limit and convergence tolerance on the deviance (R's defaults).
+
+    Returns
+    -------
+    numpy.ndarray
+        Propensity scores in (0, 1).
+
+    Raises
+    ------
+    MatchingError
+        If the model matrix is rank deficient (collinear covariates).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[0.0], [1.0], [2.0], [3.0], [1.5], [2.5]])
+    >>> t = np.array([0, 0, 1, 1, 0, 1])
+    >>> ps = fit_propensity_score(x, t)
+    >>> bool(np.all((ps > 0) & (ps < 1)))
+    True
+    """
+    names = list(covariates.columns) if isinstance(covariates, pd.DataFrame) else None
+    x = np.asarray(covariates, dtype=float)
+    if x.ndim == 1:
+        x = x[:, None]
+    y = np.asarray(treatment, dtype=float)
+    design = np.empty((len(y), x.shape[1] + 1))
+    design[:, 0] = 1.0
+    design[:, 1:] = x
+    rank = np.linalg.matrix_rank(design[: min(len(y), 200_000)])
+    if rank < design.shape[1]:
+        raise MatchingError(
+            f"The propensity model matrix is rank deficient (rank {rank} of {design.shape[1]} "
+            f"columns{'; columns ' + str(names) if names else ''}): drop collinear covariates."
+        )
+    mu = (y + 0.5) / 2.0
+    eta = np.log(mu / (1.0 - mu))
+    deviance_old = math.inf
+    for _ in range(max_iter):
+        w = mu * (1.0 - mu)
+        z = eta + (y - mu) / w
+        xtw = design.T * w
+        beta = np.linalg.solve(xtw @ design, xtw @ z)
+        eta = design @ beta
+        mu = 1.0 / (1.0 + np.exp(-eta))
+        mu = np.clip(mu, 1e-15, 1 - 1e-15)
+        deviance = -2.0 * float(np.sum(y * np.log(mu) + (1.0 - y) * np.log(1.0 - mu)))
+        if abs(deviance - deviance_old) / (abs(deviance) + 0.1) < tol:
+            break
+        deviance_old = deviance
+    else:
+        warnings.warn(
+            f"The propensity model did not converge in {max_iter} iterations "
+            "(possible separation: some covariate pattern is all treated or all control).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return mu
+
+
+def _pooled_within_cov(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    # MatchIt's transform_covariates(method = "mahalanobis"): pooled within-group covariance.
+    total = np.zeros((x.shape[1], x.shape[1]))
+    for g in (0, 1):
+        xg = x[t == g]
+        total += np.cov(xg, rowvar=False).reshape(x.shape[1], x.shape[1]) * (len(xg) - 1)
+    return total / (len(x) - 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Greedy nearest-neighbour matching
+# --------------------------------------------------------------------------------------------
+
+
+def _find(parent: list[int], i: int) -> int:
+    # Union-find root with path halving: the nearest free slot at or beyond i.
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def _nearest_1d(
+    distance: np.ndarray,
+    t: np.ndarray,
+    *,
+    ratio: int,
+    replace: bool,
+    caliper: float | None,
+    strata: np.ndarray | None,
+    order: np.ndarray,
+) -> np.ndarray:
+    """Greedy NN on a scalar distance with MatchIt 4.7's semantics.
+
+    Returns an (n_treated, ratio) array of row positions of matched controls (-1 = none), rows in
+    the order of the treated units in the data.
+    """
+    n = len(t)
+    rows = np.arange(n)
+    strata_key = np.zeros(n, dtype=np.int64) if strata is None else strata
+    # MatchIt sorts every unit by distance with a stable sort (ties in data order); with exact
+    # strata it matches each stratum separately, i.e. within blocks of the same sort.
+    all_order = np.lexsort((rows, distance, strata_key))
+    is_control_sorted = t[all_order] == 0
+    controls_sorted = all_order[is_control_sorted]  # control rows by (stratum, distance, row)
+    n0 = len(controls_sorted)
+    # For each treated unit: how many controls precede it in the joint sort (its "gap").
+    controls_before = np.cumsum(is_control_sorted) - is_control_sorted
+    gap = np.empty(n, dtype=np.int64)
+    gap[all_order] = controls_before
+    c_dist = distance[controls_sorted]
+    c_stratum = strata_key[controls_sorted]
+    # Block bounds of each treated unit's stratum among the sorted controls.
+    block_lo = np.searchsorted(c_stratum, strata_key, side="left")
+    block_hi = np.searchsorted(c_stratum, strata_key, side="right")
+
+    treated_rows = rows[t == 1]
+    n1 = len(treated_rows)
+    matches = np.full((n1, ratio), -1, dtype=np.int64)
+    cal = math.inf if caliper is None else float(caliper)
+
+    if replace:
+        # Every treated unit independently takes its k nearest controls (two-pointer merge),
+        # ties to the lower-distance side as MatchIt's find_left/find_right.
+        d_t = distance[treated_rows]
+        left = gap[treated_rows] - 1
+        right = gap[treated_rows].copy()
+        lo = block_lo[treated_rows]
+        hi = block_hi[treated_rows]
+        for r in range(ratio):
+            has_left = left >= lo
+            has_right = right < hi
+            dl = np.where(has_left, np.abs(d_t - c_dist[np.clip(left, 0, n0 - 1)]), np.inf)
+            dr = np.where(has_right, np.abs(d_t - c_dist[np.clip(right, 0, n0 - 1)]), np.inf)
+            dl = np.where(dl > cal, np.inf, dl)
+            dr = np.where(dr > cal, np.inf, dr)
+            take_left = np.isfinite(dl) & (dl <= dr)
+            take_right = np.isfinite(dr) & ~take_left
+            chosen = np.where(take_left, left, np.where(take_right, right, -1))
+            matches[:, r] = np.where(chosen >= 0, controls_sorted[np.clip(chosen, 0, n0 - 1)], -1)
+            left = left - take_left
+            right = right + take_right
+        return matches
+
+    # Without replacement: right[j] = nearest free sorted-control index >= j (n0 = none);
+    # left[j + 1] = nearest free index <= j, stored shifted by one (0 = none).
+    right_parent = list(range(n0 + 1))
+    left_parent = list(range(n0 + 1))
+    dist_list = c_dist.tolist()
+    gap_t = gap[treated_rows].tolist()
+    lo_t = block_lo[treated_rows].tolist()
+    hi_t = block_hi[treated_rows].tolist()
+    d_t = distance[treated_rows].tolist()
+    order_list = order.tolist()
+    chosen_sorted = np.full((n1, ratio), -1, dtype=np.int64)
+    for r in range(ratio):
+        column: list[int] = [-1] * n1
+        for i in order_list:
+            g = gap_t[i]
+            di = d_t[i]
+            k_left = _find(left_parent, g) - 1
+            if k_left < lo_t[i] or abs(di - dist_list[k_left]) > cal:
+                k_left = -1
+            k_right = _find(right_parent, g)
+            if k_right >= hi_t[i] or abs(dist_list[k_right] - di) > cal:
+                k_right = -1
+            if k_left >= 0 and k_right >= 0:
+                k = (
+                    k_left
+                    if abs(dist_list[k_left] - di) <= abs(dist_list[k_right] - di)
+                    else k_right
+                )
+            elif k_left >= 0:
+                k = k_left
+            elif k_right >= 0:
+                k = k_right
+            else:
+                continue
+            column[i] = k
+            right_parent[k] = k + 1
+            left_parent[k + 1] = k
+        chosen_sorted[:, r] = column
+    found = chosen_sorted >= 0
+    matches[found] = controls_sorted[chosen_sorted[found]]
+    return matches
+
+
+def _nearest_mahalanobis(
+    x: np.ndarray,
+    t: np.ndarray,
+    *,
+    ratio: int,
+    replace: bool,
+    strata: np.ndarray | None,
+    order: np.ndarray,
+) -> np.ndarray:
+    """Greedy NN on the Mahalanobis distance, treated units in ``order``; O(n1 * n0)."""
+    cov = _pooled_within_cov(x, t)
+    try:
+        chol = np.linalg.cholesky(np.linalg.inv(cov))
+    except np.linalg.LinAlgError as exc:
+        raise MatchingError(
+            "The pooled covariance of the covariates is singular: drop constant or collinear "
+            "covariates before Mahalanobis matching."
+        ) from exc
+    z = x @ chol  # Euclidean distance on z equals Mahalanobis distance on x.
+    treated_rows = np.flatnonzero(t == 1)
+    control_rows = np.flatnonzero(t == 0)
+    zc = z[control_rows]
+    c_stratum = np.zeros(len(control_rows)) if strata is None else strata[control_rows]
+    t_stratum = np.zeros(len(treated_rows)) if strata is None else strata[treated_rows]
+    available = np.ones(len(control_rows), dtype=bool)
+    matches = np.full((len(treated_rows), ratio), -1, dtype=np.int64)
+    sq_norm_c = np.einsum("ij,ij->i", zc, zc)
+    for r in range(ratio):
+        for i in order:
+            ok = available & (c_stratum == t_stratum[i])
+            if replace and r:
+                ok[np.searchsorted(control_rows, matches[i, :r][matches[i, :r] >= 0])] = False
+            if not ok.any():
+                continue
+            d2 = sq_norm_c - 2.0 * zc @ z[treated_rows[i]]
+            d2[~ok] = np.inf
+            k = int(np.argmin(d2))  # first minimum: ties go to the earlier control, as which.min
+            matches[i, r] = control_rows[k]
+            if not replace:
+                available[k] = False
+    return matches
+
+
+# --------------------------------------------------------------------------------------------
+# Exact and coarsened exact matching
+# --------------------------------------------------------------------------------------------
+
+
+def _sturges_bins(n: int) -> int:
+    # grDevices::nclass.Sturges: ceiling(log2(n) + 1).
+    return int(math.ceil(math.log2(n) + 1))
+
+
+def _coarsen(
+    data: pd.DataFrame, covariates: Sequence[str], cutpoints: dict[str, Any] | None
+) -> pd.DataFrame:
+    cutpoints = dict(cutpoints or {})
+    unknown = sorted(set(cutpoints) - set(covariates))
+    if unknown:
+        raise MatchingError(
+            f"cutpoints names {unknown}, which are not among the covariates {list(covariates)}."
+        )
+    coarse = {}
+    for name in covariates:
+        col = data[name]
+        spec = cutpoints.get(name, "sturges")
+        if _is_categorical(col) or spec == 0:
+            coarse[name] = col.astype(str).to_numpy()
+            continue
+        values = col.to_numpy(dtype=float)
+        if isinstance(spec, str):
+            if spec == "sturges":
+                n_bins: int | None = _sturges_bins(len(values))
+                breaks = None
+            elif spec.startswith("q") and spec[1:].isdigit():
+                q = int(spec[1:])
+                breaks = np.quantile(values, np.arange(1, q) / q)
+                n_bins = None
+            else:
+                raise MatchingError(
+                    f"cutpoints['{name}'] must be 'sturges', 'q<k>', a number of bins or a list "
+                    f"of cut points; got {spec!r}."
+                )
+        elif np.ndim(spec) == 0:
+            n_bins, breaks = int(spec), None
+            if n_bins < 1:
+                raise MatchingError(f"cutpoints['{name}'] must be a positive number of bins.")
+        else:
+            n_bins, breaks = None, np.unique(np.asarray(spec, dtype=float))
+        if n_bins is not None:
+            inner = np.linspace(values.min(), values.max(), n_bins + 1)[1:-1]
+            breaks = inner
+        # findInterval semantics: a value equal to a cut point goes to the upper bin.
+        coarse[name] = np.searchsorted(np.asarray(breaks), values, side="right")
+    return pd.DataFrame(coarse, index=data.index)
+
+
+def _exact_subclasses(keys: pd.DataFrame, t: np.ndarray) -> np.ndarray:
+    """Subclass id (1..S) of each row whose stratum holds both groups; 0 = unmatched."""
+    if keys.shape[1] == 0:
+        return np.ones(len(t), dtype=np.int64)
+    stratum = keys.groupby(list(keys.columns), sort=False, dropna=False).ngroup().to_numpy()
+    n_strata = int(stratum.max()) + 1
+    has_t = np.bincount(stratum[t == 1], minlength=n_strata) > 0
+    has_c = np.bincount(stratum[t == 0], minlength=n_strata) > 0
+    common = has_t & has_c
+    # MatchIt numbers subclasses in order of first appearance among the controls.
+    control_strata = stratum[t == 0]
+    first_seen = pd.unique(control_strata[common[control_strata]])
+    number = np.zeros(n_strata, dtype=np.int64)
+    number[first_seen] = np.arange(1, len(first_seen) + 1)
+    return number[stratum]
+
+
+def _subclass_weights(subclass: np.ndarray, t: np.ndarray, estimand: str) -> np.ndarray:
+    n_sub = int(subclass.max()) + 1
+    matched = subclass > 0
+    n_t = np.bincount(subclass[matched & (t == 1)], minlength=n_sub).astype(float)
+    n_c = np.bincount(subclass[matched & (t == 0)], minlength=n_sub).astype(float)
+    w = np.zeros(len(t))
+    tr = matched & (t == 1)
+    co = matched & (t == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if estimand == "ATT":
+            w[tr] = 1.0
+            w[co] = (n_t / n_c)[subclass[co]]
+        elif estimand == "ATC":
+            w[tr] = (n_c / n_t)[subclass[tr]]
+            w[co] = 1.0
+        else:
+            total = n_t + n_c
+            w[tr] = (total / n_t)[subclass[tr]]
+            w[co] = (total / n_c)[subclass[co]]
+    return _sum_to_n(w, tr, co)
+
+
+def _sum_to_n(w: np.ndarray, tr: np.ndarray, co: np.ndarray) -> np.ndarray:
+    # MatchIt's .make_sum_to_n: weights in each group scaled to sum to its number of units.
+    for group in (tr, co):
+        total = w[group].sum()
+        if total > 0:
+            w[group] = w[group] * group.sum() / total
+    return w
+
+
+def _matrix_weights(matches: np.ndarray, t: np.ndarray, focal_rows: np.ndarray) -> np.ndarray:
+    """MatchIt's weights.matrix: focal units 1, others sum of 1/k over the focal units they serve."""
+    w = np.zeros(len(t))
+    found = matches >= 0
+    n_found = found.sum(axis=1)
+    has = n_found > 0
+    w[focal_rows[has]] = 1.0
+    share = np.repeat(1.0 / np.maximum(n_found, 1), matches.shape[1]).reshape(matches.shape)
+    np.add.at(w, matches[found], share[found])
+    other = w > 0
+    other[focal_rows] = False
+    total = w[other].sum()
+    if total > 0:
+        w[other] *= other.sum() / total
+    return w
+
+
+# --------------------------------------------------------------------------------------------
+# Balance statistics
+# --------------------------------------------------------------------------------------------
+
+
+def _weighted_mean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return (w[:, None] * x).sum(axis=0) / w.sum()
+
+
+def _weighted_var(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    # Unbiased ("reliability") weighted variance as cobalt/MatchIt: n-1 variance when w = 1.
+    sw = w.sum()
+    mean = _weighted_mean(x, w)
+    return (w[:, None] * (x - mean) ** 2).sum(axis=0) * sw / (sw**2 - (w**2).sum())
+
+
+def _ecdf_stats(x: np.ndarray, t: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Mean and max over distinct values of |weighted eCDF(treated) - eCDF(control)|.
+
+    The distinct values are those of the whole sample, unmatched units included (with weight 0),
+    as MatchIt's ``summary()``: its eCDF means after matching are reproduced only this way.
+    """
+    wn = np.where(t == 1, w / w[t == 1].sum(), -w / w[t == 0].sum())
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    diff = np.abs(np.cumsum(wn[order]))
+    last_of_run = np.append(np.diff(xs) != 0, True)
+    at_values = diff[last_of_run]
+    return float(at_values.mean()), float(at_values.max())
+
+
+def _balance_table(
+    x: pd.DataFrame,
+    t: np.ndarray,
+    weights: np.ndarray,
+    estimand: str,
+    binary: str,
+) -> pd.DataFrame:
+    names = list(x.columns)
+    values = x.to_numpy(dtype=float)
+    is_binary = np.array([set(np.unique(values[:, j])) <= {0.0, 1.0} for j in range(len(names))])
+    ones = np.ones(len(t))
+    # Standardisation uses the unmatched sample, as MatchIt's summary and cobalt's bal.tab.
+    xt, xc = values[t == 1], values[t == 0]
+    p_t, p_c = xt.mean(axis=0), xc.mean(axis=0)
+    var_t = np.where(is_binary, p_t * (1 - p_t), _weighted_var(xt, ones[t == 1]))
+    var_c = np.where(is_binary, p_c * (1 - p_c), _weighted_var(xc, ones[t == 0]))
+    denom = {
+        "ATT": np.sqrt(var_t),
+        "ATC": np.sqrt(var_c),
+        "ATE": np.sqrt((var_t + var_c) / 2.0),
+    }[estimand]
+
+    out: dict[str, Any] = {
+        "type": np.where(is_binary, "binary", "continuous"),
+    }
+    if "distance" in names:
+        out["type"][names.index("distance")] = "distance"
+    for label, w in (("before", ones), ("after", weights)):
+        wt, wc = w[t == 1], w[t == 0]
+        keep_t, keep_c = wt > 0, wc > 0
+        mean_t = _weighted_mean(xt[keep_t], wt[keep_t])
+        mean_c = _weighted_mean(xc[keep_c], wc[keep_c])
+        diff = mean_t - mean_c
+        with np.errstate(divide="ignore", invalid="ignore"):
+            smd = diff / denom
+            raw_binary = is_binary if binary == "raw" else np.zeros_like(is_binary)
+            smd = np.where(raw_binary, diff, smd)
+            vr = _weighted_var(xt[keep_t], wt[keep_t]) / _weighted_var(xc[keep_c], wc[keep_c])
+        vr = np.where(is_binary, np.nan, vr)
+        ecdf = np.array([_ecdf_stats(values[:, j], t, w) for j in range(len(names))])
+        if len(names) == 0:
+            ecdf = np.empty((0, 2))
+        # A binary covariate's eCDFs differ at one point only: both statistics are |diff|.
+        ecdf[is_binary, 0] = ecdf[is_binary, 1] = np.abs(diff[is_binary])
+        out[f"mean_treated_{label}"] = mean_t
+        out[f"mean_control_{label}"] = mean_c
+        out[f"smd_{label}"] = smd
+        out[f"var_ratio_{label}"] = vr
+        out[f"ecdf_mean_{label}"] = ecdf[:, 0]
+        out[f"ecdf_max_{label}"] = ecdf[:, 1]
+    frame = pd.DataFrame(out, index=pd.Index(names, name="covariate"))
+    return frame
+
+
+@dataclass(frozen=True)
+class Balance:
+    """Covariate balance before and after matching (MatchIt ``summary`` / cobalt ``bal.tab``).
+
+    ``table`` has one row per covariate (categoricals expanded to one row per level, named
+    ``<column>_<level>`` as cobalt) and the ``distance``; columns ``mean_treated_*``,
+    ``mean_control_*``, ``smd_*`` (standardised mean difference: for the ATT divided by the
+    treated group's SD in the unmatched sample; binary covariates get the raw difference in
+    proportions when ``binary="raw"``, cobalt's default, or the difference over
+    sqrt(p(1 - p)) of the treated when ``binary="std"``, MatchIt ``summary()``'s convention),
+    ``var_ratio_*`` (weighted treated / control variance, continuous only), ``ecdf_mean_*`` and
+    ``ecdf_max_*`` (mean and maximum over distinct values of the absolute difference in weighted
+    eCDFs; for a binary covariate both equal the absolute difference in proportions), each
+    ``_before`` and ``_after`` matching. After matching, statistics use the matching weights.
+    """
+
+    table: pd.DataFrame
+    estimand: str
+    binary: str
+    threshold: float = SMD_THRESHOLD
+
+    def to_frame(self) -> pd.DataFrame:
+        """A tidy copy of the balance table."""
+        return self.table.copy()
+
+    def summary(self) -> pd.DataFrame:
+        """SMD, variance ratio and eCDF max before and after, and whether |SMD after| < 0.1."""
+        cols = ["type", "smd_before", "smd_after", "var_ratio_after", "ecdf_max_after"]
+        small = self.table[cols].copy()
+        small["balanced"] = small["smd_after"].abs() < self.threshold
+        return small
+
+    @property
+    def max_abs_smd_after(self) -> float:
+        """Largest |SMD| after matching over the covariates (the distance excluded)."""
+        rows = self.table[self.table["type"] != "distance"]
+        return float(rows["smd_after"].abs().max())
+
+    def plot(self, ax: Axes | None = None) -> Axes:
+        """Love plot: |SMD| of each covariate before and after matching, threshold at 0.1."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 0.35 * len(self.table) + 1.2))
+        table = self.table.iloc[::-1]
+        y = np.arange(len(table))
+        ax.scatter(
+            table["smd_before"].abs(),
+            y,
+            marker="o",
+            facecolors="none",
+            edgecolors="grey",
+            label="Before matching",
+        )
+        ax.scatter(table["smd_after"].abs(), y, marker="o", color="black", label="After matching")
+        ax.axvline(self.threshold, linestyle="--", color="grey", linewidth=1)
+        ax.set_yticks(y)
+        ax.set_yticklabels(table.index)
+        kind = "raw difference for binary" if self.binary == "raw" else "standardised"
+        ax.set_xlabel(f"Absolute standardised mean difference ({kind})")
+        ax.legend(loc="lower right", frameon=False)
+        return ax
+
+    def _repr_html_(self) -> str:
+        return self.summary().to_html(float_format=lambda v: f"{v:.4f}")
+
+
+# --------------------------------------------------------------------------------------------
+# Effect estimation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MatchedEffect:
+    """A treatment effect estimated on a matched sample.
+
+    ``estimate`` is on the natural scale of ``model``: a difference in means (``"difference"``),
+    a rate ratio (``"poisson"``) or a hazard ratio (``"cox"``); the interval and p-value use the
+    ``se_method`` named (cluster-robust on matched pairs/subclasses unless matching was with
+    replacement).
+    """
+
+    outcome: str
+    model: str
+    scale: str
+    estimate: float
+    std_error: float
+    conf_low: float
+    conf_high: float
+    p_value: float
+    n_treated: int
+    n_control: int
+    n_clusters: int | None
+    se_method: str
+    level: float = 0.95
+
+    def to_frame(self) -> pd.DataFrame:
+        """One-row tidy frame of the effect."""
+        return pd.DataFrame([self.__dict__])
+
+    def summary(self) -> pd.DataFrame:
+        """Estimate, interval and p-value (a small table)."""
+        return self.to_frame()[
+            ["outcome", "scale", "estimate", "conf_low", "conf_high", "p_value", "se_method"]
+        ]
+
+    def covers(self, value: float) -> bool:
+        """Whether ``value`` lies within the confidence interval."""
+        return bool(self.conf_low <= value <= self.conf_high)
+
+    def _repr_html_(self) -> str:
+        return self.summary().to_html(float_format=lambda v: f"{v:.4g}")
+
+
+# --------------------------------------------------------------------------------------------
+# The result object
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class MatchResult:
+    """The outcome of :func:`match`: weights, subclasses and distance for every input row.
+
+    Attributes
+    ----------
+    data
+        The input data (not copied).
+    treatment, covariates
+        Names used.
+    method, estimand, ratio, replace, caliper
+        Settings; ``caliper`` is the caliper actually applied on the distance's scale.
+    weights
+        Matching weight of every input row (0 = not matched).
+    subclass
+        Pair or subclass id (1..S) of every input row; 0 = not matched, or matching was with
+        replacement (no pairs; MatchIt gives none either).
+    distance
+        The distance (propensity score) of every row, or None for Mahalanobis/exact/CEM.
+    match_matrix
+        For nearest-neighbour matching, (n_focal, ratio) row positions of each focal unit's
+        matches, -1 where none.
+    """
+
+    data: pd.DataFrame
+    treatment: str
+    covariates: tuple[str, ...]
+    method: str
+    estimand: str
+    ratio: int
+    replace: bool
+    caliper: float | None
+    weights: np.ndarray = field(repr=False)
+    subclass: np.ndarray = field(repr=False)
+    distance: np.ndarray | None = field(repr=False)
+    match_matrix: np.ndarray | None = field(repr=False, default=None)
+
+    @cached_property
+    def _treat(self) -> np.ndarray:
+        return self.data[self.treatment].to_numpy().astype(np.int8)
+
+    @cached_property
+    def matched(self) -> pd.DataFrame:
+        """Matched rows with ``weights``, ``subclass`` and ``distance`` (MatchIt ``match_data``)."""
+        keep = self.weights > 0
+        out = self.data.loc[keep].copy()
+        out["weights"] = self.weights[keep]
+        out["subclass"] = self.subclass[keep]
+        if self.distance is not None:
+            out["distance"] = self.distance[keep]
+        return out
+
+    def summary(self) -> pd.DataFrame:
+        """Sample sizes per group as MatchIt's summary: all, matched, ESS, unmatched, discarded.
+
+        ``matched_ess`` is Kish's effective sample size of the matched weights,
+        (sum w)^2 / sum w^2, as MatchIt's "Matched (ESS)".
+        """
+        t = self._treat
+        rows = {}
+        for label, group in (("control", t == 0), ("treated", t == 1)):
+            w = self.weights[group]
+            m = w > 0
+            ess = float(w.sum() ** 2 / (w**2).sum()) if m.any() else 0.0
+            rows[label] = {
+                "all": int(group.sum()),
+                "matched_ess": round(ess, 2),
+                "matched": int(m.sum()),
+                "unmatched": int((~m).sum()),
+                "discarded": 0,
+            }
+        return pd.DataFrame(rows)
+
+    def balance(self, *, binary: Literal["raw", "std"] = "raw") -> Balance:
+        """Balance statistics before and after matching; see :class:`Balance`.
+
+        Parameters
+        ----------
+        binary
+            ``"raw"`` (cobalt's default): binary covariates get the raw difference in
+            proportions; ``"std"`` (MatchIt ``summary()``): standardised like the others.
+        """
+        if binary not in ("raw", "std"):
+            raise MatchingError(f"binary must be 'raw' or 'std'; got {binary!r}.")
+        x, _ = _covariate_frames(self.data, self.covariates)
+        if self.distance is not None:
+            x = pd.concat([pd.Series(self.distance, index=x.index, name="distance"), x], axis=1)
+        table = _balance_table(x, self._treat, self.weights, self.estimand, binary)
+        return Balance(table=table, estimand=self.estimand, binary=binary)
+
+    def love_plot(self, ax: Axes | None = None, *, binary: Literal["raw", "std"] = "raw") -> Axes:
+        """Love plot of |SMD| before and after matching; returns the Axes."""
+        return self.balance(binary=binary).plot(ax=ax)
+
+    plot = love_plot
+
+    def estimate(
+        self,
+        outcome: str,
+        model: Literal["difference", "poisson", "cox"] = "difference",
+        *,
+        time: str | None = None,
+        level: float = 0.95,
+    ) -> MatchedEffect:
+        """Estimate the treatment effect on the matched sample.
+
+        Parameters
+        ----------
+        outcome
+            Outcome column: a value (``"difference"``), a count (``"poisson"``) or an event
+            indicator 0/1 (``"cox"``).
+        model
+            ``"difference"``: weighted least squares of outcome on treatment (difference in
+            weighted means). ``"poisson"``: Poisson GLM with log link, rate ratio; ``time`` gives
+            person-time (log offset). ``"cox"``: Cox proportional hazards (statsmodels PHReg,
+            Breslow ties), hazard ratio; ``time`` is required (time to event or censoring).
+        time
+            Person-time or follow-up time column.
+        level
+            Confidence level.
+
+        Returns
+        -------
+        MatchedEffect
+
+        Notes
+        -----
+        Standard errors are cluster-robust with the matched pair/subclass as cluster (MatchIt's
+        "estimating effects" guidance); the matching weights enter as analytic weights. After
+        matching with replacement there are no pairs, so heteroskedasticity-robust (HC1 for the
+        difference and Poisson; the robust sandwich for Cox) errors are used and said so in
+        ``se_method``. statsmodels' PHReg takes no case weights, so ``"cox"`` requires equal
+        matching weights (1:1 or k:1 without replacement with complete matches) and raises
+        otherwise.
+        """
+        import statsmodels.api as sm
+        from scipy import stats
+
+        _check_choice("model", model, ["difference", "poisson", "cox"])
+        data = self.matched
+        for name in [outcome] + ([time] if time else []):
+            if name not in data.columns:
+                raise MatchingError(f"Column '{name}' is not in the data.")
+            n_missing = int(data[name].isna().sum())
+            if n_missing:
+                raise MatchingError(
+                    f"Outcome column '{name}' has {n_missing} missing values among the matched "
+                    "rows; effect estimation needs complete outcomes."
+                )
+        y = data[outcome].to_numpy(dtype=float)
+        treat = data[self.treatment].to_numpy(dtype=float)
+        w = data["weights"].to_numpy(dtype=float)
+        groups = data["subclass"].to_numpy()
+        clustered = not self.replace
+        design = sm.add_constant(treat, has_constant="add")
+        z = stats.norm.ppf(0.5 + level / 2)
+        n_clusters = int(len(np.unique(groups))) if clustered else None
+
+        if model == "difference":
+            fit_kw: dict[str, Any] = (
+                {"cov_type": "cluster", "cov_kwds": {"groups": groups}}
+                if clustered
+                else {"cov_type": "HC1"}
+            )
+            fit = sm.WLS(y, design, weights=w).fit(**fit_kw)
+            coef, se = float(fit.params[1]), float(fit.bse[1])
+            # t reference with G - 1 df for clusters, as sandwich::vcovCL + coeftest.
+            dof = (n_clusters - 1) if clustered else fit.df_resid
+            crit = stats.t.ppf(0.5 + level / 2, dof)
+            p = float(2 * stats.t.sf(abs(coef / se), dof))
+            return MatchedEffect(
+                outcome=outcome,
+                model=model,
+                scale="difference in means",
+                estimate=coef,
+                std_error=se,
+                conf_low=float(coef - crit * se),
+                conf_high=float(coef + crit * se),
+                p_value=p,
+                n_treated=int((treat == 1).sum()),
+                n_control=int((treat == 0).sum()),
+                n_clusters=n_clusters,
+                se_method="cluster-robust (pairs)" if clustered else "HC1 robust",
+                level=level,
+            )
+
+        if model == "poisson":
+            if (y < 0).any():
+                raise MatchingError(f"Poisson outcome '{outcome}' has negative values.")
+            offset = None
+            if time is not None:
+                person_time = data[time].to_numpy(dtype=float)
+                if (person_time <= 0).any():
+                    raise MatchingError(f"Person-time column '{time}' must be positive.")
+                offset = np.log(person_time)
+            glm = sm.GLM(y, design, family=sm.families.Poisson(), var_weights=w, offset=offset)
+            fit_kw = (
+                {"cov_type": "cluster", "cov_kwds": {"groups": groups}}
+                if clustered
+                else {"cov_type": "HC1"}
+            )
+            fit = glm.fit(**fit_kw)
+            coef, se = float(fit.params[1]), float(fit.bse[1])
+            p = float(2 * stats.norm.sf(abs(coef / se)))
+            return MatchedEffect(
+                outcome=outcome,
+                model=model,
+                scale="rate ratio",
+                estimate=math.exp(coef),
+                std_error=se,
+                conf_low=math.exp(coef - z * se),
+                conf_high=math.exp(coef + z * se),
+                p_value=p,
+                n_treated=int((treat == 1).sum()),
+                n_control=int((treat == 0).sum()),
+                n_clusters=n_clusters,
+                se_method=("cluster-robust (pairs)" if clustered else "HC1 robust")
+                + "; SE on log scale",
+                level=level,
+            )
+
+        if time is None:
+            raise MatchingError("model='cox' needs time= (the time-to-event column).")
+        if not np.allclose(w, w[0]):
+            raise MatchingError(
+                "model='cox' needs equal matching weights (statsmodels PHReg has no case "
+                "weights); use 1:1 matching without replacement, or model='poisson' with time=."
+            )
+        status = y
+        if not set(np.unique(status)) <= {0.0, 1.0}:
+            raise MatchingError(f"Cox outcome '{outcome}' must be a 0/1 event indicator.")
+        durations = data[time].to_numpy(dtype=float)
+        ph = sm.PHReg(durations, treat[:, None], status=status, ties="breslow")
+        fit = ph.fit(groups=groups if clustered else np.arange(len(y)))
+        coef, se = float(fit.params[0]), float(fit.bse[0])
+        p = float(2 * stats.norm.sf(abs(coef / se)))
+        return MatchedEffect(
+            outcome=outcome,
+            model=model,
+            scale="hazard ratio",
+            estimate=math.exp(coef),
+            std_error=se,
+            conf_low=math.exp(coef - z * se),
+            conf_high=math.exp(coef + z * se),
+            p_value=p,
+            n_treated=int((treat == 1).sum()),
+            n_control=int((treat == 0).sum()),
+            n_clusters=n_clusters,
+            se_method=("cluster-robust (pairs)" if clustered else "robust sandwich")
+            + "; SE on log scale",
+            level=level,
+        )
+
+    def _repr_html_(self) -> str:
+        head = (
+            f"<p>{self.method} matching ({self.estimand}), ratio {self.ratio}, "
+            f"{'with' if self.replace else 'without'} replacement"
+            f"{'' if self.caliper is None else f', caliper {self.caliper:.4g}'}</p>"
+        )
+        return head + self.summary().to_html()
+
+
+# --------------------------------------------------------------------------------------------
+# The public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def match(
+    data: pd.DataFrame | Any,
+    treatment: str | None = None,
+    covariates: Sequence[str] | None = None,
+    *,
+    method: Method = "nearest",
+    distance: str | np.ndarray | pd.Series = "logit",
+    ratio: int = 1,
+    caliper: float | None = None,
+    std_caliper: bool = True,
+    replace: bool = False,
+    exact: Sequence[str] | None = None,
+    estimand: Estimand = "ATT",
+    m_order: Literal["largest", "smallest", "data", "random"] | None = None,
+    cutpoints: dict[str, Any] | None = None,
+    seed: int | None = None,
+) -> MatchResult:
+    """Match treated and control rows; R MatchIt's ``matchit()`` for one-row-per-person data.
+
+    Parameters
+    ----------
+    data
+        One row per person (pandas DataFrame), or a ``CohortStudy`` (its ``data``,
+        ``treatment`` and ``covariates`` are used when the arguments are omitted).
+    treatment
+        0/1 column: 1 = treated (exposed).
+    covariates
+        Columns to balance (and, for ``distance="logit"``, the propensity model's terms;
+        text/categorical columns enter as indicators of each level but the first).
+    method
+        ``"nearest"``, ``"exact"`` or ``"cem"``.
+    distance
+        ``"logit"`` (alias ``"glm"``): propensity score from a logistic regression, on the
+        probability scale as MatchIt's default. ``"mahalanobis"``: Mahalanobis distance on the
+        covariates. An array/Series: a user-supplied score, one per row.
+    ratio
+        Controls per treated unit (k:1).
+    caliper
+        Largest allowed distance between matched units; with ``std_caliper=True`` (MatchIt's
+        default) in standard deviations of the distance over all units.
+    replace
+        Match with replacement.
+    exact
+        Columns that must match exactly (nearest-neighbour matching within their strata).
+    estimand
+        ``"ATT"`` (default), ``"ATC"``; ``"ATE"`` for exact and CEM.
+    m_order
+        Order treated units are matched in: ``"largest"`` score first (default with a score,
+        as MatchIt), ``"smallest"``, ``"data"`` (default for Mahalanobis) or ``"random"``.
+    cutpoints
+        CEM bins per column: ``"sturges"`` (default), ``"q<k>"`` quantile bins, a number of
+        equal-width bins, a list of cut points, or 0 for no coarsening.
+    seed
+        Seed for ``m_order="random"``.
+
+    Returns
+    -------
+    MatchResult
+
+    Raises
+    ------
+    MatchingError
+        For missing columns, missing values, a non-0/1 treatment, or invalid settings; the
+        message names the column or argument.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> toy = pd.DataFrame({
+    ...     "treat": [1, 1, 0, 0, 0, 0],
+    ...     "sex": ["f", "m", "f", "m", "m", "f"],
+    ...     "age": [70, 80, 71, 79, 60, 90],
+    ... })
+    >>> result = match(toy, "treat", ["sex", "age"], method="exact")
+    >>> int(result.summary().loc["matched", "treated"])
+    0
+    >>> result = match(toy, "treat", ["age"], distance=toy["age"], exact=["sex"])
+    >>> result.matched.sort_values(["subclass", "treat"])["age"].tolist()
+    [71, 70, 79, 80]
+    """
+    if treatment is None or covariates is None:
+        if hasattr(data, "data") and hasattr(data, "treatment"):
+            treatment = treatment or data.treatment
+            covariates = covariates if covariates is not None else list(data.covariates)
+            data = data.data
+        else:
+            raise MatchingError("match needs treatment= and covariates= (or a CohortStudy).")
+    if not isinstance(data, pd.DataFrame):
+        raise MatchingError(
+            f"The 'data' parameter of match must be a pandas DataFrame or CohortStudy. "
+            f"Got {type(data).__name__} instead."
+        )
+    covariates = [covariates] if isinstance(covariates, str) else list(covariates)
+    _check_choice("method", method, ["nearest", "exact", "cem"])
+    _check_choice("estimand", estimand, ["ATT", "ATC", "ATE"])
+    if not isinstance(ratio, int | np.integer) or ratio < 1:
+        raise MatchingError(
+            f"The 'ratio' parameter of match must be an integer >= 1. Got {ratio!r}."
+        )
+    if caliper is not None and not caliper > 0:
+        raise MatchingError(f"The 'caliper' parameter must be positive. Got {caliper!r}.")
+    t = _treatment_vector(data, treatment)
+    exact = list(exact or [])
+    for name in exact:
+        if name not in data.columns:
+            raise MatchingError(f"exact column '{name}' is not in the data.")
+        if data[name].isna().any():
+            raise MatchingError(f"exact column '{name}' has missing values.")
+    _, model_x = _covariate_frames(data, covariates)
+
+    if method in ("exact", "cem"):
+        keys_cols = covariates + [c for c in exact if c not in covariates]
+        if method == "exact":
+            keys = data[keys_cols].reset_index(drop=True)
+        else:
+            keys = _coarsen(data.reset_index(drop=True), keys_cols, cutpoints)
+        subclass = _exact_subclasses(keys, t)
+        weights = _subclass_weights(subclass, t, estimand)
+        n_t = int(((weights > 0) & (t == 1)).sum())
+        if n_t < int(t.sum()):
+            logger.info(
+                "%s: %d of %d treated rows found no match", method, int(t.sum()) - n_t, int(t.sum())
+            )
+        return MatchResult(
+            data=data,
+            treatment=treatment,
+            covariates=tuple(covariates),
+            method=method,
+            estimand=estimand,
+            ratio=1,
+            replace=False,
+            caliper=None,
+            weights=weights,
+            subclass=subclass,
+            distance=None,
+        )
+
+    if estimand == "ATE":
+        raise MatchingError(
+            "Nearest-neighbour matching estimates the ATT or ATC (as MatchIt); use "
+            "method='exact' or 'cem' for the ATE."
+        )
+    focal = 1 if estimand == "ATT" else 0
+    t_focal = (t == focal).astype(np.int8)  # matching code treats the focal group as "treated"
+
+    strata = None
+    if exact:
+        strata = data[exact].reset_index(drop=True).groupby(exact, sort=True).ngroup().to_numpy()
+
+    is_mahalanobis = isinstance(distance, str) and distance == "mahalanobis"
+    score: np.ndarray | None = None
+    if isinstance(distance, str):
+        _check_choice("distance", distance, ["logit", "glm", "mahalanobis"])
+        if not is_mahalanobis:
+            score = fit_propensity_score(model_x, t)
+    else:
+        score = np.asarray(distance, dtype=float).ravel()
+        if score.shape[0] != len(data):
+            raise MatchingError(
+                f"distance array has {score.shape[0]} values; expected one per row ({len(data)})."
+            )
+        if np.isnan(score).any():
+            raise MatchingError(f"distance array has {int(np.isnan(score).sum())} missing values.")
+
+    if m_order is None:
+        m_order = "data" if is_mahalanobis else ("largest" if estimand == "ATT" else "smallest")
+    _check_choice("m_order", m_order, ["largest", "smallest", "data", "random"])
+    focal_rows = np.flatnonzero(t_focal == 1)
+    n1 = len(focal_rows)
+    if replace:
+        order = np.arange(n1)
+    elif m_order == "random":
+        order = np.random.default_rng(seed).permutation(n1)
+    elif m_order == "data" or score is None:
+        order = np.arange(n1)
+    else:
+        s1 = score[focal_rows]
+        # R's order(decreasing = TRUE) is stable: ties stay in data order.
+        order = np.argsort(-s1 if m_order == "largest" else s1, kind="stable")
+
+    applied_caliper = None
+    if caliper is not None:
+        if score is None:
+            raise MatchingError(
+                "A caliper needs a scalar distance (propensity score or distance array); "
+                "distance='mahalanobis' has none."
+            )
+        applied_caliper = float(caliper) * (float(np.std(score, ddof=1)) if std_caliper else 1.0)
+
+    n_available = int((t_focal == 0).sum())
+    if not replace and n_available < n1 * ratio:
+        warnings.warn(
+            f"Only {n_available} controls for {n1} focal units at ratio {ratio}: not every unit "
+            "will get all its matches.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    if is_mahalanobis:
+        x_bal, _ = _covariate_frames(data, covariates)
+        matches = _nearest_mahalanobis(
+            model_x.to_numpy(dtype=float),
+            t_focal,
+            ratio=ratio,
+            replace=replace,
+            strata=strata,
+            order=order,
+        )
+        del x_bal
+    else:
+        assert score is not None
+        matches = _nearest_1d(
+            score,
+            t_focal,
+            ratio=ratio,
+            replace=replace,
+            caliper=applied_caliper,
+            strata=strata,
+            order=order,
+        )
+
+    weights = _matrix_weights(matches, t_focal, focal_rows)
+    subclass = np.zeros(len(t), dtype=np.int64)
+    if not replace:
+        has = (matches >= 0).any(axis=1)
+        ids = np.cumsum(has)
+        subclass[focal_rows[has]] = ids[has]
+        found = matches >= 0
+        subclass[matches[found]] = np.repeat(ids, ratio).reshape(matches.shape)[found]
+    n_unmatched = int((~(matches >= 0).any(axis=1)).sum())
+    if n_unmatched:
+        warnings.warn(
+            f"{n_unmatched} of {n1} {'treated' if focal == 1 else 'control'} rows found no "
+            "match (caliper, exact strata or too few controls); they are left out of .matched "
+            "and counted in .summary().",
+            DroppedRowsWarning,
+            stacklevel=2,
+        )
+    return MatchResult(
+        data=data,
+        treatment=treatment,
+        covariates=tuple(covariates),
+        method=method,
+        estimand=estimand,
+        ratio=int(ratio),
+        replace=bool(replace),
+        caliper=applied_caliper,
+        weights=weights,
+        subclass=subclass,
+        distance=score,
+        match_matrix=matches,
+    )
