@@ -1,0 +1,943 @@
+"""``kid build``: link raw monthly feeds on NHS number, pseudonymise and publish a KID version.
+
+Design (honest and fast rather than clever)
+-------------------------------------------
+Each build reads **every** raw extract up to the version's month (``RAW/<feed>/<feed>_<YYYY-MM>
+.parquet`` or ``.csv``) with DuckDB, and writes one complete, immutable version folder. It does
+not patch an earlier version: linkage depends on the whole population register (a person
+registered in a later extract makes earlier records linkable) and corrections in a later
+extract replace rows of earlier months, so recomputing from the raw extracts is the only way to
+keep every version exactly reproducible from its listed inputs. A new month therefore never
+rewrites history: earlier versions stay on disk untouched, and the new month becomes a new
+version. At Kent scale the full build takes well under a minute (``benchmarks/bench_build.py``).
+
+Steps, all in DuckDB SQL over Parquet (no Python loop over rows):
+
+1. **Inputs**: list the extracts, check each file opens and has the dictionary's columns
+   (otherwise :class:`~kidresearch.errors.FeedError` naming the file), hash each (sha256).
+   If ``versions/<v>`` exists with the same inputs, key and code, the build is a no-op;
+   with different inputs it is refused (versions are immutable).
+2. **Validate** every row against :mod:`kidresearch.schema` (:mod:`.validate`); the first
+   failing check of a row is its quarantine reason.
+3. **Register**: valid registration rows give the population register; ``person_id`` is the
+   keyed HMAC of each distinct NHS number, computed inside DuckDB (:mod:`.pseudonym`).
+4. **Link** every other feed to the register on the normalised NHS number; rows that do not
+   match are quarantined ("not in the population register").
+5. **Corrections**: when a ``record_id`` comes again in a later extract the latest extract wins
+   (within one extract the last row wins; the earlier copies are quarantined as duplicates).
+6. **Reconcile**: for every feed and extract file, rows in (from the file's own metadata) =
+   rows linked + rows quarantined, and rows published = rows linked - corrections; otherwise
+   :class:`~kidresearch.errors.BuildError`.
+7. **Publish**: research tables (:data:`kidresearch.schema.RESEARCH_TABLES`) go to
+   ``versions/<v>/tables/<table>/``: event tables as hive partitions ``year=YYYY/part-0.parquet``
+   by the year of the table's ``date_column`` (the ``year`` column lives only in the folder
+   name, not in the files); persons, practices and lsoas as ``part-0.parquet``. The folder is
+   written under a temporary name and renamed into place, then ``CURRENT`` is replaced
+   atomically. Quarantine goes to ``restricted/quarantine/<v>/``, the linkage report to
+   ``reports/linkage_<v>.{md,html,json}``.
+
+Direct identifiers never reach ``versions/``: NHS number is replaced by ``person_id``, date of
+birth by year and month, the registered address by its LSOA and the UPRN by a keyed
+``household_id``. The key is read from its file and passed to DuckDB as a query parameter; only a
+fingerprint (an HMAC of a fixed text) is written to the manifest.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from kidresearch import schema
+from kidresearch.errors import BuildError, FeedError
+from kidresearch.linkage import costs as costs_module
+from kidresearch.linkage import pseudonym, versions
+from kidresearch.linkage.nhs import sql_nhs_normalise
+from kidresearch.linkage.quarantine import DUPLICATE_REASON
+from kidresearch.linkage.report import write_report
+from kidresearch.linkage.validate import (
+    duckdb_type,
+    feed_checks,
+    literal,
+    problem_case,
+    quote,
+    typed_expression,
+    value_case,
+)
+
+log = logging.getLogger(__name__)
+
+BUILDER_VERSION = "1"
+_FILE_NAME = re.compile(r"^(?P<feed>[a-z_]+)_(?P<month>\d{4}-\d{2})\.(?P<ext>parquet|csv)$")
+_MEMORY_LIMIT = os.environ.get("KID_BUILD_MEMORY_LIMIT", "4GB")
+EVENT_TABLES = tuple(
+    name
+    for name, t in schema.RESEARCH_TABLES.items()
+    if name in schema.RAW_FEEDS and t.date_column is not None
+)
+
+__all__ = ["BuildResult", "build"]
+
+
+# ------------------------------------------------------------------------------------ result
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build published.
+
+    Attributes
+    ----------
+    version
+        The version label (``YYYY-MM``).
+    path
+        The published version folder ``KID_DIR/versions/<version>``.
+    row_counts
+        Rows per research table.
+    report
+        The linkage report (the content of ``reports/linkage_<version>.json``).
+    reused
+        ``True`` when the same build was already published and nothing was rewritten.
+    """
+
+    version: str
+    path: Path
+    row_counts: dict[str, int]
+    report: dict
+    reused: bool = False
+    kid_dir: Path = field(default=Path("."))
+
+    def summary(self) -> pd.DataFrame:
+        """Per feed: rows_in, rows_linked, rows_quarantined, linkage_rate."""
+        frame = pd.DataFrame(self.report["feeds"])
+        return frame[["feed", "rows_in", "rows_linked", "rows_quarantined", "linkage_rate"]]
+
+    def to_frame(self) -> pd.DataFrame:
+        """Per feed and extract month counts (a tidy copy of the report's month table)."""
+        return pd.DataFrame(self.report["months"])
+
+    def _repr_html_(self) -> str:
+        return f"<p>KID version {self.version} at {self.path}</p>" + self.summary().to_html(
+            index=False
+        )
+
+    def __repr__(self) -> str:
+        return f"BuildResult(version={self.version!r}, path={str(self.path)!r})"
+
+
+# ------------------------------------------------------------------------------------ inputs
+@dataclass(frozen=True)
+class _Extract:
+    feed: str
+    month: str
+    path: Path
+    relative: str
+    fmt: str
+    rows: int
+    sha256: str = ""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _month_end(month: str) -> date:
+    year, mon = int(month[:4]), int(month[5:])
+    first_next = date(year + (mon == 12), mon % 12 + 1, 1)
+    return date.fromordinal(first_next.toordinal() - 1)
+
+
+def _check_columns(path: Path, names: list[str], table: schema.Table) -> None:
+    missing = [c for c in table.column_names if c not in names]
+    if missing:
+        raise FeedError(
+            f"{path}: missing column(s) {', '.join(missing)}; a '{table.name}' extract must "
+            f"have the columns {', '.join(table.column_names)} (see docs/data_dictionary.md)."
+        )
+    extra = [n for n in names if n not in table.column_names]
+    if extra:
+        log.warning("%s: ignoring column(s) not in the data dictionary: %s", path, extra)
+
+
+def _parquet_rows(path: Path, table: schema.Table) -> int:
+    try:
+        meta = pq.read_metadata(path)
+        names = meta.schema.to_arrow_schema().names
+    except Exception as exc:  # pyarrow raises several types for truncated/corrupt files
+        raise FeedError(
+            f"{path}: not a readable Parquet file (truncated or corrupt?): {exc}. "
+            "Ask the provider to resend the extract."
+        ) from exc
+    _check_columns(path, names, table)
+    return meta.num_rows
+
+
+def _discover(raw: Path, version: str | None) -> tuple[str, list[_Extract]]:
+    if not raw.is_dir():
+        raise FeedError(f"Raw feeds folder {raw} does not exist.")
+    found: list[_Extract] = []
+    for feed in schema.RAW_FEEDS:
+        folder = raw / feed
+        if not folder.is_dir():
+            raise FeedError(
+                f"{folder}: feed folder missing; every feed needs at least one extract."
+            )
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith("."):
+                continue
+            match = _FILE_NAME.match(path.name)
+            if not match or match["feed"] != feed:
+                log.warning(
+                    "%s: not an extract of '%s' (<feed>_<YYYY-MM>.parquet); ignored", path, feed
+                )
+                continue
+            if not versions.VERSION_PATTERN.match(match["month"]):
+                raise FeedError(f"{path}: the month in the file name is not a valid YYYY-MM.")
+            found.append(
+                _Extract(feed, match["month"], path, f"{feed}/{path.name}", match["ext"], -1)
+            )
+    if not found:
+        raise FeedError(f"{raw}: no extracts found (<feed>/<feed>_<YYYY-MM>.parquet).")
+    latest = max(e.month for e in found)
+    version = versions.check_version_label(version) if version is not None else latest
+    later = [e for e in found if e.month > version]
+    if later:
+        log.info("Version %s: leaving out %d extracts of later months", version, len(later))
+    chosen = [e for e in found if e.month <= version]
+    for feed in schema.RAW_FEEDS:
+        if not any(e.feed == feed for e in chosen):
+            raise FeedError(f"{raw / feed}: no extract up to {version} for feed '{feed}'.")
+    dupes = {(e.feed, e.month) for e in chosen if e.fmt == "csv"} & {
+        (e.feed, e.month) for e in chosen if e.fmt == "parquet"
+    }
+    if dupes:
+        feed, month = sorted(dupes)[0]
+        raise FeedError(
+            f"{raw / feed}: both a .parquet and a .csv extract for {month}; keep one of them."
+        )
+    return version, chosen
+
+
+def _read_csv(extract: _Extract, table: schema.Table) -> pa.Table:
+    try:
+        with open(extract.path, encoding="utf-8") as fh:
+            header = fh.readline().strip().split(",")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FeedError(f"{extract.path}: cannot read the CSV header: {exc}") from exc
+    header = [h.strip().strip('"') for h in header]
+    _check_columns(extract.path, header, table)
+    try:
+        data = pacsv.read_csv(
+            extract.path,
+            convert_options=pacsv.ConvertOptions(
+                column_types={h: pa.string() for h in header},
+                strings_can_be_null=False,
+                include_columns=table.column_names,
+            ),
+        )
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        raise FeedError(
+            f"{extract.path}: not a well-formed CSV extract (truncated or corrupt?): {exc}"
+        ) from exc
+    return data.append_column("_file", pa.array([str(extract.path)] * data.num_rows, pa.string()))
+
+
+# ------------------------------------------------------------------------------------- build
+class _Builder:
+    def __init__(self, raw: Path, out: Path, key: bytes, version: str, extracts: list[_Extract]):
+        self.raw, self.out, self.key, self.version = raw, out, key, version
+        self.extracts = extracts
+        self.work = versions.new_temp_dir(out / "restricted", f"work-{version}")
+        self.stage = self.work / "stage"
+        self.stage.mkdir()
+        self.con = duckdb.connect()
+        self.con.execute(f"SET memory_limit = '{_MEMORY_LIMIT}'")
+        self.con.execute(f"SET temp_directory = '{self.work / 'spill'}'")
+        self.con.execute("SET preserve_insertion_order = false")
+        self.hmac = pseudonym.sql_hmac_params(key)
+        self.checks: dict[str, list] = {}
+        self.counts: dict[str, pd.DataFrame] = {}
+        self.reasons: list[dict] = []
+        self.corrections: dict[str, int] = {}
+        self.table_rows: dict[str, int] = {}
+        self.published_rows: dict[str, int] = {}
+
+    def close(self) -> None:
+        self.con.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # ---------------------------------------------------------------- reading
+    def _register_files(self) -> None:
+        rows = [(str(e.path), e.relative, e.month, _month_end(e.month)) for e in self.extracts]
+        frame = pd.DataFrame(rows, columns=["_file", "_relative", "_month", "_month_end"])
+        self.con.register("files_df", frame)
+        self.con.execute("CREATE TABLE files AS SELECT * FROM files_df")
+        self.con.unregister("files_df")
+
+    def _reference(self, name: str) -> None:
+        table = schema.REFERENCE_TABLES[name]
+        path = self.raw / "reference" / f"{name}.parquet"
+        if not path.is_file():
+            raise FeedError(f"{path}: reference table missing (written with the raw feeds).")
+        _parquet_rows(path, table)
+        cols = ", ".join(
+            f"TRY_CAST({quote(c.name)} AS {duckdb_type(c.dtype)}) AS {quote(c.name)}"
+            for c in table.columns
+        )
+        try:
+            self.con.execute(
+                f"CREATE TABLE ref_{name} AS SELECT {cols} FROM read_parquet({literal(str(path))})"
+            )
+        except duckdb.Error as exc:
+            raise FeedError(f"{path}: cannot read the reference table: {exc}") from exc
+        for c in table.columns:
+            if c.required:
+                bad = self.con.execute(
+                    f"SELECT count(*) FROM ref_{name} WHERE {quote(c.name)} IS NULL"
+                ).fetchone()[0]
+                if bad:
+                    raise FeedError(
+                        f"{path}: {bad} row(s) with a missing or unparseable '{c.name}' "
+                        f"(expected {c.dtype}); reference tables must be complete."
+                    )
+
+    def _raw_relation(self, feed: str) -> tuple[str, dict[str, str]]:
+        """SQL of one feed's raw rows (all its extracts) with _file and _row, and column types."""
+        table = schema.RAW_FEEDS[feed]
+        mine = [e for e in self.extracts if e.feed == feed]
+        parts = []
+        parquet = [str(e.path) for e in mine if e.fmt == "parquet"]
+        if parquet:
+            cols = ", ".join(quote(c) for c in table.column_names)
+            files = "[" + ", ".join(literal(p) for p in parquet) + "]"
+            parts.append(
+                f"SELECT {cols}, filename AS _file, file_row_number + 1 AS _row "
+                f"FROM read_parquet({files}, filename = true, file_row_number = true, "
+                "union_by_name = true)"
+            )
+        csvs = [e for e in mine if e.fmt == "csv"]
+        if csvs:
+            tables = []
+            for e in csvs:
+                data = _read_csv(e, table)
+                rows = pa.array(range(1, data.num_rows + 1), pa.int64())
+                tables.append(data.append_column("_row", rows))
+                object.__setattr__(e, "rows", data.num_rows)
+            name = f"csv_{feed}"
+            self.con.register(name, pa.concat_tables(tables))
+            cols = ", ".join(quote(c) for c in table.column_names)
+            parts.append(f"SELECT {cols}, _file, _row FROM {name}")
+        sql = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
+        types = dict(
+            self.con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {sql})").fetchall()
+        )
+        return sql, types
+
+    def _failing_file(self, feed: str, exc: Exception) -> FeedError:
+        """Find which extract made DuckDB fail, so the error names the file."""
+        for e in self.extracts:
+            if e.feed != feed or e.fmt != "parquet":
+                continue
+            try:
+                pq.read_table(e.path)
+            except Exception as inner:
+                return FeedError(f"{e.path}: corrupt or truncated Parquet data: {inner}")
+            if str(e.path) in str(exc):
+                break
+        return FeedError(f"Feed '{feed}' could not be read ({self.raw / feed}): {exc}")
+
+    # -------------------------------------------------------------- staging
+    def stage_feed(self, feed: str) -> None:
+        """Validate (and for linked feeds, link) every row; write them to the work folder."""
+        table = schema.RAW_FEEDS[feed]
+        relation, types = self._raw_relation(feed)
+        linked = feed != "registrations"
+        checks = feed_checks(table, source_types=types, linked=linked)
+        self.checks[feed] = checks
+        typed = ",\n".join(
+            f"{typed_expression(c, types.get(c.name))} AS t_{c.name}"
+            for c in table.columns
+            if c.name != "nhs_number"
+        )
+        nhs = sql_nhs_normalise("CAST(r.nhs_number AS VARCHAR)")
+        join = "LEFT JOIN register g ON g.nhs = t._nhs" if linked else ""
+        person = "g.person_id AS _person_id" if linked else "NULL AS _person_id"
+        out_cols = self._stage_columns(feed)
+        sql = f"""
+        COPY (
+          WITH raw AS ({relation}),
+          typed AS (
+            SELECT r.*, f._month, f._month_end, {nhs} AS _nhs,
+            {typed}
+            FROM raw r JOIN files f ON f._file = r._file
+          ),
+          linked AS (SELECT t.*, {person} FROM typed t {join}),
+          checked AS (SELECT *, {problem_case(checks)} AS _problem FROM linked)
+          SELECT _file, _row, _month, t_record_id AS record_id, {out_cols},
+                 _problem, {value_case(checks)} AS _value
+          FROM checked
+        ) TO {literal(str(self.stage / f"{feed}.parquet"))} (FORMAT parquet)
+        """
+        try:
+            self.con.execute(sql, self.hmac if feed == "registrations" else {})
+        except duckdb.Error as exc:
+            raise self._failing_file(feed, exc) from exc
+        self.con.execute(
+            f"CREATE VIEW stage_{feed} AS SELECT * FROM "
+            f"read_parquet({literal(str(self.stage / f'{feed}.parquet'))})"
+        )
+
+    def _stage_columns(self, feed: str) -> str:
+        if feed == "registrations":
+            household = pseudonym.sql_hmac_hex(
+                f"'{pseudonym.HOUSEHOLD_PREFIX}' || CAST(t_uprn AS VARCHAR)"
+            )
+            return (
+                "_nhs, t_sex AS sex, CAST(year(t_date_of_birth) AS SMALLINT) AS birth_year, "
+                "CAST(month(t_date_of_birth) AS TINYINT) AS birth_month, "
+                f"CASE WHEN t_uprn IS NULL THEN NULL ELSE {household} END AS household_id, "
+                "t_practice_code AS practice_code, t_postcode_lsoa AS lsoa_code, "
+                "t_registration_start AS registration_start, "
+                "t_registration_end AS registration_end"
+            )
+        if feed == "deaths":
+            return (
+                "_person_id AS person_id, t_date_of_death AS date_of_death, "
+                "t_underlying_cause_icd10 AS underlying_cause_icd10"
+            )
+        research = schema.RESEARCH_TABLES[feed]
+        cols = ["_person_id AS person_id"]
+        for c in research.columns:
+            if c.name in ("person_id", "is_emergency", "is_elective"):
+                continue
+            cols.append(f"t_{c.name} AS {quote(c.name)}")
+        if feed == "inpatient_spells":
+            cols.append("t_admission_method AS admission_method_raw")
+        return ", ".join(cols)
+
+    def build_register(self) -> None:
+        """Distinct valid NHS numbers of the register -> person_id (HMAC in DuckDB)."""
+        person = pseudonym.sql_hmac_hex("nhs")
+        self.con.execute(
+            f"""CREATE TABLE register AS
+            SELECT nhs, {person} AS person_id FROM (
+              SELECT DISTINCT _nhs AS nhs FROM stage_registrations WHERE _problem IS NULL
+            )""",
+            self.hmac,
+        )
+
+    # ----------------------------------------------------------- corrections
+    def resolve_duplicates(self, feed: str) -> None:
+        """Latest extract wins per record_id; earlier copies in the same extract are duplicates."""
+        self.con.execute(
+            f"""CREATE TABLE drop_{feed} AS
+            WITH valid AS (SELECT record_id, _file, _row, _month FROM stage_{feed}
+                           WHERE _problem IS NULL),
+            repeated AS (
+              SELECT v.* FROM valid v SEMI JOIN (
+                SELECT record_id FROM valid GROUP BY record_id HAVING count(*) > 1
+              ) d ON d.record_id = v.record_id
+            ),
+            ranked AS (
+              SELECT *,
+                row_number() OVER (PARTITION BY record_id ORDER BY _month DESC, _row DESC) AS _rank,
+                max(_row) OVER (PARTITION BY record_id, _file) AS _last_in_file
+              FROM repeated
+            )
+            SELECT _file, _row, _month, record_id,
+                   CASE WHEN _row < _last_in_file THEN 'duplicate' ELSE 'superseded' END AS kind
+            FROM ranked WHERE _rank > 1"""
+        )
+        self.corrections[feed] = self.con.execute(
+            f"SELECT count(*) FROM drop_{feed} WHERE kind = 'superseded'"
+        ).fetchone()[0]
+
+    def final_rows(self, feed: str) -> str:
+        """SQL of the rows of a feed that are published."""
+        return (
+            f"(SELECT s.* FROM stage_{feed} s ANTI JOIN drop_{feed} d "
+            f"ON d._file = s._file AND d._row = s._row WHERE s._problem IS NULL)"
+        )
+
+    # ------------------------------------------------------------- quarantine
+    def write_quarantine(self, feed: str, folder: Path) -> None:
+        checks = self.checks[feed]
+        reasons = pd.DataFrame(
+            {
+                "_problem": range(len(checks)),
+                "field": [c.field for c in checks],
+                "reason": [c.reason for c in checks],
+            }
+        )
+        self.con.register("reasons_df", reasons)
+        self.con.execute(f"CREATE OR REPLACE TABLE reasons_{feed} AS SELECT * FROM reasons_df")
+        self.con.unregister("reasons_df")
+        path = folder / f"{feed}.parquet"
+        self.con.execute(
+            f"""COPY (
+              SELECT {literal(feed)} AS feed, f._relative AS source_file, s._row AS row_number,
+                     s.record_id, s._month AS extract_month, r.field, r.reason, s._value AS value
+              FROM stage_{feed} s JOIN reasons_{feed} r USING (_problem)
+              JOIN files f ON f._file = s._file
+              UNION ALL
+              SELECT {literal(feed)}, f._relative, d._row, d.record_id, d._month,
+                     'record_id', {literal(DUPLICATE_REASON)}, d.record_id
+              FROM drop_{feed} d JOIN files f ON f._file = d._file WHERE d.kind = 'duplicate'
+            ) TO {literal(str(path))} (FORMAT parquet)"""
+        )
+        self.con.execute(
+            f"CREATE VIEW quarantine_{feed} AS SELECT * FROM read_parquet({literal(str(path))})"
+        )
+
+    # -------------------------------------------------------------- reconcile
+    def reconcile(self, feed: str) -> None:
+        counts = self.con.execute(
+            f"""
+            WITH staged AS (
+              SELECT _file, count(*) AS rows_staged,
+                     count(*) FILTER (WHERE _problem IS NULL) AS rows_valid
+              FROM stage_{feed} GROUP BY _file
+            ),
+            dup AS (SELECT _file, count(*) AS rows_dup FROM drop_{feed}
+                    WHERE kind = 'duplicate' GROUP BY _file),
+            quarantined AS (SELECT source_file AS _relative, count(*) AS rows_quarantined
+                            FROM quarantine_{feed} GROUP BY source_file)
+            SELECT f._file, f._relative, f._month,
+                   coalesce(s.rows_staged, 0) AS rows_staged,
+                   coalesce(s.rows_valid, 0) - coalesce(d.rows_dup, 0) AS rows_linked,
+                   coalesce(q.rows_quarantined, 0) AS rows_quarantined
+            FROM files f
+            LEFT JOIN staged s USING (_file) LEFT JOIN dup d USING (_file)
+            LEFT JOIN quarantined q USING (_relative)
+            WHERE f._relative LIKE {literal(feed + "/%")}
+            ORDER BY f._month
+            """
+        ).df()
+        expected = {str(e.path): e.rows for e in self.extracts if e.feed == feed}
+        counts["rows_in"] = counts["_file"].map(expected).astype("int64")
+        for row in counts.itertuples():
+            if row.rows_staged != row.rows_in:
+                raise BuildError(
+                    f"{row._file}: {row.rows_in} rows in the file but {row.rows_staged} were read."
+                )
+            if row.rows_in != row.rows_linked + row.rows_quarantined:
+                raise BuildError(
+                    f"{row._file}: rows in ({row.rows_in}) != rows linked ({row.rows_linked}) "
+                    f"+ rows quarantined ({row.rows_quarantined})."
+                )
+        self.counts[feed] = counts
+        published = self.con.execute(f"SELECT count(*) FROM {self.final_rows(feed)}").fetchone()[0]
+        if published != counts["rows_linked"].sum() - self.corrections[feed]:
+            raise BuildError(
+                f"Feed '{feed}': {published} rows to publish, expected rows linked "
+                f"({counts['rows_linked'].sum()}) - corrections ({self.corrections[feed]})."
+            )
+        self.published_rows[feed] = int(published)
+        reasons = self.con.execute(
+            f"SELECT field, reason, count(*) AS rows FROM quarantine_{feed} "
+            "GROUP BY ALL ORDER BY rows DESC, field, reason"
+        ).fetchall()
+        self.reasons += [
+            {"feed": feed, "field": f, "reason": r, "rows": int(n)} for f, r, n in reasons
+        ]
+
+    # ----------------------------------------------------------------- tables
+    def _copy(self, select: str, target: Path, *, partition: bool) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        if partition:
+            options = "FORMAT parquet, PARTITION_BY (year), FILENAME_PATTERN 'part-{i}'"
+            options += ", OVERWRITE_OR_IGNORE true"
+            self.con.execute(f"COPY ({select}) TO {literal(str(target))} ({options})")
+            if not any(target.iterdir()):
+                # No rows at all: one empty file with the schema, so the table still reads.
+                self.con.execute(
+                    f"COPY (SELECT * EXCLUDE (year) FROM ({select}) LIMIT 0) TO "
+                    f"{literal(str(target / 'part-0.parquet'))} (FORMAT parquet)"
+                )
+        else:
+            self.con.execute(
+                f"COPY ({select}) TO {literal(str(target / 'part-0.parquet'))} (FORMAT parquet)"
+            )
+
+    def _cast_select(self, table: schema.Table, source: str, *, year: str | None) -> str:
+        cols = ", ".join(
+            f"CAST({quote(c.name)} AS {duckdb_type(c.dtype)}) AS {quote(c.name)}"
+            for c in table.columns
+        )
+        extra = f", CAST(year({quote(year)}) AS INTEGER) AS year" if year else ""
+        return f"SELECT {cols}{extra} FROM {source}"
+
+    def write_event_table(self, feed: str, tables: Path) -> None:
+        table = schema.RESEARCH_TABLES[feed]
+        source = self.final_rows(feed)
+        if feed == "inpatient_spells":
+            emergency = ", ".join(literal(v) for v in schema.ADMISSION_METHODS_EMERGENCY)
+            elective = ", ".join(literal(v) for v in schema.ADMISSION_METHODS_ELECTIVE)
+            source = (
+                f"(SELECT *, admission_method IN ({emergency}) AS is_emergency, "
+                f"admission_method IN ({elective}) AS is_elective FROM {source})"
+            )
+        self._copy(
+            self._cast_select(table, source, year=table.date_column),
+            tables / feed,
+            partition=True,
+        )
+
+    def write_persons(self, tables: Path) -> None:
+        table = schema.RESEARCH_TABLES["persons"]
+        registrations = self.final_rows("registrations")
+        deaths = self.final_rows("deaths")
+        source = f"""(
+          WITH episodes AS (
+            SELECT g.person_id, r.* FROM {registrations} r JOIN register g ON g.nhs = r._nhs
+          ),
+          people AS (
+            SELECT person_id,
+              arg_max(household_id, (registration_start, _month, _row)) AS household_id,
+              arg_max(sex, (registration_start, _month, _row)) AS sex,
+              arg_max(birth_year, (registration_start, _month, _row)) AS birth_year,
+              arg_max(birth_month, (registration_start, _month, _row)) AS birth_month,
+              arg_max(practice_code, (registration_start, _month, _row)) AS practice_code,
+              arg_max(lsoa_code, (registration_start, _month, _row)) AS lsoa_code,
+              min(registration_start) AS registration_start,
+              CASE WHEN bool_or(registration_end IS NULL) THEN NULL
+                   ELSE max(registration_end) END AS registration_end
+            FROM episodes GROUP BY person_id
+          ),
+          died AS (
+            SELECT person_id,
+              arg_max(date_of_death, (_month, _row)) AS date_of_death,
+              arg_max(underlying_cause_icd10, (_month, _row)) AS death_cause_icd10
+            FROM {deaths} GROUP BY person_id
+          )
+          SELECT p.*, d.date_of_death, d.death_cause_icd10
+          FROM people p LEFT JOIN died d USING (person_id)
+        )"""
+        self._copy(self._cast_select(table, source, year=None), tables / "persons", partition=False)
+
+    def write_reference(self, name: str, tables: Path) -> None:
+        table = schema.RESEARCH_TABLES[name]
+        self._copy(
+            self._cast_select(table, f"ref_{name}", year=None), tables / name, partition=False
+        )
+
+    def write_costs(self, tables: Path) -> None:
+        table = schema.RESEARCH_TABLES["costs"]
+        costs_module.register_reference(self.con)
+        sources = {feed: self.final_rows(feed) for feed in EVENT_TABLES}
+        source = costs_module.costs_sql(sources, _month_end(self.version))
+        self._copy(
+            self._cast_select(table, f"({source})", year=table.date_column),
+            tables / "costs",
+            partition=True,
+        )
+
+
+# --------------------------------------------------------------------------------- helpers
+def _schema_hash() -> str:
+    payload = {
+        layer: {
+            name: [
+                (c.name, c.dtype, c.required, c.allowed, c.pattern, c.minimum, c.maximum)
+                for c in t.columns
+            ]
+            for name, t in tables.items()
+        }
+        for layer, tables in (("raw", schema.RAW_FEEDS), ("research", schema.RESEARCH_TABLES))
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _content_hash(inputs: list[dict], fingerprint: str, version: str) -> str:
+    payload = {
+        "builder": BUILDER_VERSION,
+        "version": version,
+        "key": fingerprint,
+        "schema": _schema_hash(),
+        "unit_costs": costs_module.unit_costs_hash(),
+        "inputs": sorted((i["file"], i["sha256"], i["rows"]) for i in inputs),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _table_listing(tables: Path) -> dict[str, dict]:
+    listing: dict[str, dict] = {}
+    for folder in sorted(p for p in tables.iterdir() if p.is_dir()):
+        files = sorted(folder.rglob("*.parquet"))
+        rows = sum(pq.read_metadata(f).num_rows for f in files)
+        listing[folder.name] = {
+            "rows": rows,
+            "files": [
+                {"path": str(f.relative_to(tables.parent)), "sha256": _sha256(f)} for f in files
+            ],
+        }
+    return listing
+
+
+def _report(builder: _Builder, version: str, inputs: list[dict], tables: dict) -> dict:
+    feeds, months = [], []
+    for feed, counts in builder.counts.items():
+        for month, group in counts.groupby("_month", sort=True):
+            rows_in = int(group["rows_in"].sum())
+            linked = int(group["rows_linked"].sum())
+            months.append(
+                {
+                    "feed": feed,
+                    "extract_month": month,
+                    "rows_in": rows_in,
+                    "rows_linked": linked,
+                    "rows_quarantined": int(group["rows_quarantined"].sum()),
+                    "linkage_rate": linked / rows_in if rows_in else 1.0,
+                }
+            )
+        rows_in = int(counts["rows_in"].sum())
+        linked = int(counts["rows_linked"].sum())
+        feeds.append(
+            {
+                "feed": feed,
+                "rows_in": rows_in,
+                "rows_linked": linked,
+                "rows_quarantined": int(counts["rows_quarantined"].sum()),
+                "linkage_rate": linked / rows_in if rows_in else 1.0,
+                "corrections_applied": int(builder.corrections[feed]),
+                "rows_published": builder.published_rows[feed],
+            }
+        )
+    return {
+        "version": version,
+        "feeds": feeds,
+        "months": months,
+        "reasons": builder.reasons,
+        "inputs": len(inputs),
+        "tables": {name: info["rows"] for name, info in tables.items()},
+    }
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import Progress
+
+    return Progress(transient=True)
+
+
+# ------------------------------------------------------------------------------------ build
+def build(
+    raw: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    key_file: str | os.PathLike[str],
+    version: str | None = None,
+    progress: bool = False,
+) -> BuildResult:
+    """Link, pseudonymise, validate and publish a KID version from raw monthly feeds.
+
+    Parameters
+    ----------
+    raw
+        Raw feeds folder: ``<feed>/<feed>_<YYYY-MM>.parquet`` (or ``.csv``) and
+        ``reference/{practices,lsoas}.parquet``.
+    out
+        The KID folder. The version is added under ``versions/``; ``CURRENT`` points at it.
+    key_file
+        The secret pseudonymisation key (``kid key new``), kept outside the KID folder.
+    version
+        Version label ``YYYY-MM``; extracts of later months are left out. Default: the latest
+        extract month found.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    BuildResult
+
+    Raises
+    ------
+    FeedError
+        A raw file is missing, unreadable, truncated or lacks columns (the message names it).
+    BuildError
+        The key file is invalid, reconciliation failed, or ``versions/<version>`` already holds a
+        different build. The previous version and ``CURRENT`` are left as they were.
+
+    Examples
+    --------
+    >>> build("no/such/raw", "kid", key_file="no.key")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    kidresearch.errors.BuildError: Key file no.key does not exist; ...
+    """
+    started = time.perf_counter()
+    raw, out = Path(raw), Path(out)
+    key = pseudonym.read_key(key_file)
+    if out.resolve() in Path(key_file).resolve().parents:
+        log.warning(
+            "The key file %s lies inside the KID folder %s; keep it outside.", key_file, out
+        )
+    version, extracts = _discover(raw, version)
+
+    bar = _progress(progress)
+    task = None
+    if bar is not None:
+        bar.start()
+        task = bar.add_task("Checking extracts", total=len(schema.RAW_FEEDS) * 3 + 6)
+
+    def step(text: str) -> None:
+        log.info(text)
+        if bar is not None and task is not None:
+            bar.update(task, advance=1, description=text)
+
+    try:
+        checked = []
+        for e in extracts:
+            rows = _parquet_rows(e.path, schema.RAW_FEEDS[e.feed]) if e.fmt == "parquet" else -1
+            checked.append(_Extract(e.feed, e.month, e.path, e.relative, e.fmt, rows))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            hashes = list(pool.map(_sha256, [e.path for e in checked]))
+        extracts = [
+            _Extract(e.feed, e.month, e.path, e.relative, e.fmt, e.rows, h)
+            for e, h in zip(checked, hashes, strict=True)
+        ]
+        fingerprint = pseudonym.key_fingerprint(key)
+        # CSV row counts are known only after parsing; the hash covers their bytes.
+        inputs = [{"file": e.relative, "sha256": e.sha256, "rows": e.rows} for e in extracts]
+        content_hash = _content_hash(inputs, fingerprint, version)
+        final = versions.version_dir(out, version)
+        if final.exists():
+            manifest = versions.read_manifest(out, version)
+            if manifest.get("content_hash") != content_hash:
+                raise BuildError(
+                    f"KID version {version} is already published in {final} from different "
+                    "inputs (or key); published versions are immutable. Build a new version "
+                    "label or remove the old one deliberately."
+                )
+            log.info("Version %s already published from the same inputs: nothing to do", version)
+            return _existing_result(out, version, manifest)
+        pseudonym.ensure_secret_file(out / "restricted" / "proposal_secret")
+        return _build_new(
+            raw, out, key, version, extracts, fingerprint, content_hash, step, started
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def _existing_result(out: Path, version: str, manifest: dict) -> BuildResult:
+    report_path = out / "reports" / f"linkage_{version}.json"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    rows = {name: info["rows"] for name, info in manifest["tables"].items()}
+    return BuildResult(
+        version, versions.version_dir(out, version), rows, report, reused=True, kid_dir=out
+    )
+
+
+def _build_new(
+    raw: Path,
+    out: Path,
+    key: bytes,
+    version: str,
+    extracts: list[_Extract],
+    fingerprint: str,
+    content_hash: str,
+    step,
+    started: float,
+) -> BuildResult:
+    builder = _Builder(raw, out, key, version, extracts)
+    temp_version = versions.new_temp_dir(out / "versions", version)
+    temp_quarantine = versions.new_temp_dir(out / "restricted" / "quarantine", version)
+    try:
+        builder._register_files()
+        builder._reference("practices")
+        builder._reference("lsoas")
+        step("Validating the population register")
+        builder.stage_feed("registrations")
+        builder.build_register()
+        for feed in schema.RAW_FEEDS:
+            if feed != "registrations":
+                step(f"Validating and linking {feed}")
+                builder.stage_feed(feed)
+        for feed in schema.RAW_FEEDS:
+            step(f"Corrections and quarantine: {feed}")
+            builder.resolve_duplicates(feed)
+            builder.write_quarantine(feed, temp_quarantine)
+            builder.reconcile(feed)
+        tables = temp_version / "tables"
+        step("Writing persons")
+        builder.write_persons(tables)
+        builder.write_reference("practices", tables)
+        builder.write_reference("lsoas", tables)
+        for feed in EVENT_TABLES:
+            step(f"Writing {feed}")
+            builder.write_event_table(feed, tables)
+        step("Writing costs")
+        builder.write_costs(tables)
+        # Extracts' rows are known now for CSV too.
+        inputs = [
+            {"file": e.relative, "sha256": e.sha256, "rows": int(_rows_of(builder, e))}
+            for e in extracts
+        ]
+        listing = _table_listing(tables)
+        _check_tables(builder, listing)
+        report = _report(builder, version, inputs, listing)
+        manifest = {
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "content_hash": content_hash,
+            "builder_version": BUILDER_VERSION,
+            "key_fingerprint": fingerprint,
+            "schema_hash": _schema_hash(),
+            "inputs": inputs,
+            "tables": listing,
+            "layout": {
+                "partitioned_by_year": list(EVENT_TABLES) + ["costs"],
+                "partition_column": "year (hive folder name only, not stored in the files)",
+            },
+        }
+        (temp_version / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8"
+        )
+        step("Publishing")
+        write_report(report, out / "reports")
+        versions.replace_dir(temp_quarantine, out / "restricted" / "quarantine" / version)
+        versions.publish_dir(temp_version, versions.version_dir(out, version))
+        current = versions.current_version(out)
+        if current is None or current <= version:
+            versions.write_current(out, version)
+        log.info("KID version %s built in %.1f s", version, time.perf_counter() - started)
+        rows = {name: info["rows"] for name, info in listing.items()}
+        return BuildResult(version, versions.version_dir(out, version), rows, report, kid_dir=out)
+    finally:
+        builder.close()
+        shutil.rmtree(temp_version, ignore_errors=True)
+        shutil.rmtree(temp_quarantine, ignore_errors=True)
+
+
+def _rows_of(builder: _Builder, extract: _Extract) -> int:
+    counts = builder.counts[extract.feed]
+    return int(counts.loc[counts["_file"] == str(extract.path), "rows_in"].sum())
+
+
+def _check_tables(builder: _Builder, listing: dict[str, dict]) -> None:
+    for feed in EVENT_TABLES:
+        written = listing.get(feed, {"rows": 0})["rows"]
+        if written != builder.published_rows[feed]:
+            raise BuildError(
+                f"Table '{feed}': {written} rows written, {builder.published_rows[feed]} expected."
+            )
+    for name in schema.RESEARCH_TABLES:
+        if name not in listing:
+            raise BuildError(f"Table '{name}' was not written.")
