@@ -292,15 +292,15 @@ def deficit_codelist(codelist: pd.DataFrame | None = None) -> pd.DataFrame:
             "deficit": codelist["deficit"].map(_slug),
         }
     )
-    blank = out.snomed_code.isna() | (out.snomed_code == "")
+    # Polypharmacy has no code (it comes from prescriptions): its rows are documentation only.
+    blank = (out.snomed_code.isna() | (out.snomed_code == "")) & (out.deficit != POLYPHARMACY)
     if blank.any():
         row = int(np.flatnonzero(blank.to_numpy())[0])
         raise FrailtyError(
-            f"{source} row {row + 2}: snomed_code is blank; expected a SNOMED CT id."
+            f"{source} row {row + 2} ({codelist['deficit'].iloc[row]}): snomed_code is blank; "
+            "expected a SNOMED CT concept id."
         )
     coded = out[out.deficit != POLYPHARMACY]
-    if len(coded) < len(out):
-        log.info("eFI polypharmacy is taken from prescriptions; its SNOMED codes are not used")
     n = coded.deficit.nunique()
     if n != EFI_DEFICIT_TOTAL - 1:
         raise FrailtyError(
@@ -942,3 +942,265 @@ def _standardised(strata: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     out = out.rename(columns={"value": "dsr", "lowercl": "dsr_lower", "uppercl": "dsr_upper"})
     out["category"] = pd.Categorical(out["category"], categories=list(EFI_CATEGORIES), ordered=True)
     return out[[*keys, "category", "dsr", "dsr_lower", "dsr_upper"]]
+
+
+# ------------------------------------------------------------------------------------------
+# outcomes
+# ------------------------------------------------------------------------------------------
+def months_after(at: dt.date, months: int) -> dt.date:
+    """``at`` plus whole months (a month-end stays a month-end).
+
+    Examples
+    --------
+    >>> months_after(dt.date(2023, 2, 28), 12)
+    datetime.date(2024, 2, 29)
+    """
+    return months_before(at, -months)
+
+
+def _first_dates(expr: ir.Table, date_col: str, name: str) -> pd.DataFrame:
+    first = expr.group_by("person_id").aggregate(**{name: expr[date_col].min()})
+    out = first.to_pandas()
+    out[name] = pd.to_datetime(out[name])
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class OutcomesResult:
+    """Hazard ratios of outcomes by eFI category (vs fit) beside the published ones.
+
+    Attributes
+    ----------
+    at, follow_up_months
+        Cohort date and follow-up.
+    frame
+        One row per outcome and category: ``people``, ``events``, ``hr`` with
+        ``hr_lower``/``hr_upper`` (95%), ``p_value``, the published one-year ratio
+        (``published_hr`` and limits, Clegg et al. 2016) and ``truth_hr`` when given.
+    models
+        The fitted statsmodels ``PHRegResults`` per outcome.
+    cohort
+        Person-level analysis frame (time in days, event flags, covariates).
+    """
+
+    at: dt.date
+    follow_up_months: int
+    frame: pd.DataFrame = field(repr=False)
+    models: dict[str, Any] = field(repr=False)
+    cohort: pd.DataFrame = field(repr=False)
+
+    def to_frame(self) -> pd.DataFrame:
+        """A copy of the hazard-ratio table."""
+        return self.frame.copy()
+
+    def summary(self) -> pd.DataFrame:
+        """People and events per outcome and category (disclosure-checked) with the ratios."""
+        counts = self.frame[["outcome", "category", "people", "events"]]
+        released = release(counts, counts=["people", "events"], name="efi_outcomes").copy()
+        cols = ["outcome", "category", "hr", "hr_lower", "hr_upper", "published_hr"]
+        if "truth_hr" in self.frame:
+            cols.append("truth_hr")
+        return released.merge(self.frame[cols], on=["outcome", "category"], how="left")
+
+    def plot(self, ax: Any = None) -> Any:
+        """Forest plot of hazard ratios (points, 95% CI) with the published ratios (crosses)."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 4))
+        f = self.frame[self.frame.category != "fit"].reset_index(drop=True)
+        y = np.arange(len(f))[::-1]
+        ax.errorbar(
+            f.hr,
+            y,
+            xerr=[f.hr - f.hr_lower, f.hr_upper - f.hr],
+            fmt="o",
+            color="black",
+            label="this KID",
+        )
+        ax.scatter(f.published_hr, y, marker="x", color="tab:red", label="Clegg et al. 2016")
+        ax.set_yticks(y, [f"{o}: {c}" for o, c in zip(f.outcome, f.category, strict=True)])
+        ax.axvline(1, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"hazard ratio vs fit ({self.follow_up_months} months)")
+        ax.legend(fontsize="small")
+        return ax
+
+    def _repr_html_(self) -> str:
+        return f"<p><b>eFI and outcomes from {self.at}</b></p>" + self.frame.to_html(index=False)
+
+
+def outcomes(
+    kid: KIDLike,
+    at: DateLike,
+    *,
+    outcomes: Sequence[str] = OUTCOMES,
+    follow_up: str | int = "12m",
+    ages: tuple[int, int] = (65, 95),
+    truth: dict | None = None,
+    codelist: pd.DataFrame | None = None,
+) -> OutcomesResult:
+    """Cox models of death, emergency admission and care-home admission by eFI category.
+
+    The cohort is everyone aged ``ages`` (inclusive) alive and registered at ``at``, with the
+    eFI at ``at``. Follow-up runs from ``at`` to the first event, the end of registration, or
+    ``at + follow_up``; for emergency admission and care-home admission death also censors
+    (cause-specific hazards). ``care_home`` is the first residential or nursing social care
+    package starting after ``at``; people already in one at ``at`` are left out of that model
+    (they are counted in ``people`` of no category for it, and the count is logged).
+
+    Each model is ``statsmodels`` PHReg (Efron ties) of the outcome on indicators of mild,
+    moderate and severe frailty (fit is the reference), adjusted for age (years, linear) and
+    sex. Clegg et al. (2016) adjusted for age, sex and deprivation among other factors, so their
+    ratios are a guide, not a reference to match.
+
+    Parameters
+    ----------
+    kid
+        A KID session.
+    at
+        Cohort entry date.
+    outcomes
+        Any of ``"death"``, ``"emergency_admission"``, ``"care_home"``.
+    follow_up
+        ``"12m"`` (published one-year ratios), ``"3y"`` ...
+    ages
+        Inclusive age range at ``at`` (Clegg et al.: 65-95).
+    truth
+        Optional true hazard ratios ``{outcome: {category: hr}}`` (e.g. from a synthetic KID's
+        truth file) to set beside the estimates.
+
+    Returns
+    -------
+    OutcomesResult
+
+    Raises
+    ------
+    FrailtyError
+        Unknown outcome, bad follow-up, or no events for an outcome.
+    """
+    import statsmodels.api as sm
+
+    at_date = as_date(at, "at")
+    months = parse_months(follow_up, "follow_up")
+    unknown = [o for o in outcomes if o not in OUTCOMES]
+    if unknown or not outcomes:
+        raise FrailtyError(
+            f"The 'outcomes' parameter must list some of {', '.join(OUTCOMES)}. "
+            f"Got {list(outcomes)!r} instead."
+        )
+    end = months_after(at_date, months)
+    base = efi(kid, at_date, codelist=codelist).frame
+    cohort = base.loc[
+        (base.age >= ages[0]) & (base.age <= ages[1]),
+        ["person_id", "sex", "age", "category", "deficit_count"],
+    ].reset_index(drop=True)
+
+    persons = kid.table("persons").select("person_id", "registration_end", "date_of_death")
+    people = persons.filter(
+        persons.registration_end.isnull()
+        | (persons.registration_end >= at_date)
+        | persons.date_of_death.notnull()
+    ).to_pandas()
+    cohort = cohort.merge(people, on="person_id", how="left")
+    at_ts, end_ts = pd.Timestamp(at_date), pd.Timestamp(end)
+    death = pd.to_datetime(cohort.date_of_death)
+    death = death.where((death > at_ts) & (death <= end_ts))
+    reg_end = pd.to_datetime(cohort.registration_end).fillna(end_ts).clip(upper=end_ts)
+
+    firsts: dict[str, pd.Series] = {"death": death}
+    if "emergency_admission" in outcomes:
+        spells = kid.table("inpatient_spells")
+        spells = spells.filter(
+            spells.is_emergency & (spells.admission_date > at_date) & (spells.admission_date <= end)
+        )
+        first = _first_dates(spells, "admission_date", "first")
+        firsts["emergency_admission"] = cohort[["person_id"]].merge(first, how="left")["first"]
+    in_care_home = pd.Series(False, index=cohort.index)
+    if "care_home" in outcomes:
+        packages = kid.table("social_care_packages")
+        homes = packages.filter(packages.service_type.isin(CARE_HOME_SERVICES))
+        starts = homes.filter((homes.start_date > at_date) & (homes.start_date <= end))
+        first = _first_dates(starts, "start_date", "first")
+        firsts["care_home"] = cohort[["person_id"]].merge(first, how="left")["first"]
+        current = homes.filter(
+            (homes.start_date <= at_date) & (homes.end_date.isnull() | (homes.end_date >= at_date))
+        )
+        resident = set(current.select("person_id").distinct().to_pandas()["person_id"])
+        in_care_home = cohort.person_id.isin(resident)
+
+    design = pd.DataFrame(
+        {
+            "mild": (cohort.category == "mild").astype(float),
+            "moderate": (cohort.category == "moderate").astype(float),
+            "severe": (cohort.category == "severe").astype(float),
+            "age": cohort.age.astype(float) - float(cohort.age.mean()),
+            "male": (cohort.sex == "M").astype(float),
+        }
+    )
+    rows, models = [], {}
+    truth = truth or {}
+    for outcome in outcomes:
+        event_date = firsts[outcome]
+        censor = (
+            reg_end
+            if outcome == "death"
+            else reg_end.where(death.isna(), death).clip(upper=reg_end)
+        )
+        event = event_date.notna() & (event_date <= censor)
+        stop = event_date.where(event, censor)
+        time_days = (stop - at_ts).dt.days.astype(float)
+        keep = ~in_care_home if outcome == "care_home" else pd.Series(True, index=cohort.index)
+        if outcome == "care_home" and (~keep).any():
+            log.info(
+                "care_home: %d people already in a care home at %s left out", (~keep).sum(), at_date
+            )
+        if int(event[keep].sum()) == 0:
+            raise FrailtyError(
+                f"No {outcome} events in the {months} months after {at_date}: cannot fit a Cox "
+                "model. Choose an earlier 'at' or a longer 'follow_up'."
+            )
+        cohort[f"{outcome}_days"] = time_days
+        cohort[f"{outcome}_event"] = event
+        model = sm.PHReg(
+            time_days[keep].to_numpy(),
+            design[keep],
+            status=event[keep].astype(int).to_numpy(),
+            ties="efron",
+        ).fit()
+        models[outcome] = model
+        params = pd.Series(model.params, index=design.columns)
+        ci = pd.DataFrame(model.conf_int(), index=design.columns)
+        pvalues = pd.Series(model.pvalues, index=design.columns)
+        for category in EFI_CATEGORIES:
+            in_cat = keep & (cohort.category == category)
+            row = {
+                "outcome": outcome,
+                "category": category,
+                "people": int(in_cat.sum()),
+                "events": int((event & in_cat).sum()),
+            }
+            if category == "fit":
+                row.update(hr=1.0, hr_lower=np.nan, hr_upper=np.nan, p_value=np.nan)
+            else:
+                row.update(
+                    hr=float(np.exp(params[category])),
+                    hr_lower=float(np.exp(ci.loc[category, 0])),
+                    hr_upper=float(np.exp(ci.loc[category, 1])),
+                    p_value=float(pvalues[category]),
+                )
+            published = PUBLISHED_HR_1Y.get(outcome, {}).get(category, (np.nan, None, None))
+            row["published_hr"] = published[0] if category != "fit" else 1.0
+            row["published_lower"] = published[1] if published[1] is not None else np.nan
+            row["published_upper"] = published[2] if published[2] is not None else np.nan
+            true_hr = truth.get(outcome, {}).get(category)
+            if true_hr is not None:
+                row["truth_hr"] = float(true_hr)
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["category"] = pd.Categorical(
+        frame.category, categories=list(EFI_CATEGORIES), ordered=True
+    )
+    return OutcomesResult(
+        at=at_date, follow_up_months=months, frame=frame, models=models, cohort=cohort
+    )

@@ -18,14 +18,18 @@ import pyarrow as pa
 from kidresearch.schema import RESEARCH_TABLES
 
 N_DEFICITS = 35
-TOY_CODELIST = pd.DataFrame(
-    {
-        "deficit_id": np.repeat(np.arange(1, N_DEFICITS + 1), 2),
-        "deficit": np.repeat([f"Deficit {i:02d}" for i in range(1, N_DEFICITS + 1)], 2),
-        "snomed_code": [str(700000 + i) for i in range(2 * N_DEFICITS)],
-        "term": "toy",
-    }
-)
+
+
+def _codelist() -> pd.DataFrame:
+    """Two codes of each of the 35 coded deficits of the shipped eFI code list."""
+    from kidresearch.data import load
+
+    codes = load("efi_deficits", dtype={"snomed_code": str})
+    codes = codes[codes.snomed_code.notna()]
+    return codes.groupby("deficit_id", sort=True).head(2).reset_index(drop=True)
+
+
+TOY_CODELIST = _codelist()
 TOY_ACSC = pd.DataFrame(
     {
         "indicator": ["2.3.i", "2.3.i", "2.3.ii"],
@@ -106,7 +110,7 @@ def make_fake_kid(
     deficit_of = np.asarray(deficit_of, dtype=int)
     onset = _days(rng, dt.date(2005, 1, 1), dt.date(2024, 12, 31), len(owner))
     code_pick = rng.integers(0, 2, len(owner))
-    codes = TOY_CODELIST.snomed_code.to_numpy()[2 * deficit_of + code_pick]
+    codes = TOY_CODELIST.snomed_code.to_numpy()[2 * deficit_of + code_pick]  # 2 per deficit
     # Repeat records of the same deficit later on, and noise codes outside the code list.
     rep = rng.random(len(owner)) < 0.4
     rep_dates = onset[rep] + rng.integers(1, 900, rep.sum()).astype("timedelta64[D]")
@@ -167,14 +171,19 @@ def make_fake_kid(
     spells = []
     years = range(2015, 2025)
     excess = np.isin(practice_idx, excess_practices)
+    born_month = birth_year.astype(int) * 12 + birth_month.astype(int) - 1
     for year in years:
-        age_y = (year - birth_year).astype(float)
+        # Covariates as known on 31 December of the year before: age in completed years
+        # (birthday on the 1st of the birth month) and coded deficits recorded by then.
+        age_y = ((12 * (year - 1) + 11 - born_month) // 12).astype(float)
+        known = onset <= np.datetime64(f"{year - 1}-12-31")
+        coded_y = np.bincount(owner[known], minlength=n)
         eta = (
             beta["Intercept"]
             + beta["age_10"] * age_y / 10
             + beta["male"] * (sex == "M")
             + beta["imd_q1"] * (imd_quintile == 1)
-            + beta["deficits"] * n_def
+            + beta["deficits"] * coded_y
         )
         p = 1 / (1 + np.exp(-eta))
         admitted = rng.random(n) < p
