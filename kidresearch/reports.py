@@ -623,8 +623,8 @@ class VerifyResult:
     Attributes
     ----------
     ok : bool
-        True when every released file has the same sha256 in the re-run and the re-run's
-        notebooks all succeeded.
+        True when every released file has the same sha256 in the re-run, no released file was
+        changed since the run, and each notebook ended the same way (ok or error).
     run_dir : Path
         The run that was checked.
     comparison : DataFrame
@@ -1017,6 +1017,7 @@ def verify(
         raise ReportError(f"{manifest_path}: not a readable report manifest ({exc})") from exc
     notes: list[str] = []
     original: dict[str, str] = {}
+    changed: set[str] = set()
     rows: list[dict[str, Any]] = []
     for output in manifest["outputs"]:
         for f in output["files"]:
@@ -1024,7 +1025,8 @@ def verify(
             original[key] = f["sha256"]
             on_disk = run_dir / f["path"]
             if not on_disk.is_file() or _sha256(on_disk) != f["sha256"]:
-                notes.append(f"{f['path']} no longer matches the manifest's sha256")
+                changed.add(key)
+                notes.append(f"{f['path']} was changed after the run (sha256 differs)")
     data = data if data is not None else manifest["kid"].get("data")
     names = [nb["notebook"] for nb in manifest["notebooks"]]
     stems = {n: Path(n).with_suffix("").as_posix().replace("/", "__") for n in names}
@@ -1051,6 +1053,8 @@ def verify(
         }
     if manifest["kid"].get("input_hashes") != rerun.manifest["kid"].get("input_hashes"):
         notes.append("the KID inputs differ from those of the original run")
+    before = {nb["notebook"]: nb["status"] for nb in manifest["notebooks"]}
+    after = {nb["notebook"]: nb["status"] for nb in rerun.manifest["notebooks"]}
     if not rerun.ok:
         notes.append(
             "notebooks failed in the re-run: "
@@ -1067,6 +1071,8 @@ def verify(
             status = "new in re-run"
         else:
             status = "same" if original[key] == new[key] else "different"
+        if key in changed:
+            status = "file changed"
         rows.append(
             {
                 "output": key,
@@ -1076,8 +1082,9 @@ def verify(
             }
         )
     comparison = pd.DataFrame(rows, columns=["output", "original_sha256", "rerun_sha256", "status"])
-    file_changed = any("no longer matches" in n for n in notes)
-    ok = bool(rerun.ok and (comparison["status"] == "same").all() and not file_changed)
+    # A run verifies when the re-run gives the same released bytes and each notebook ends the
+    # same way (a notebook that failed in the original run is expected to fail again).
+    ok = bool(before == after and (comparison["status"] == "same").all())
     return VerifyResult(ok, run_dir, comparison, tuple(notes))
 
 

@@ -1,0 +1,355 @@
+"""Tests of kidresearch.reports: the papermill batch runner, release(), verify and the register.
+
+The runner is tested with tiny notebooks in tests/data/notebooks that need no KID:
+``tiny_release`` releases a table (Ashford 30, Dover 25, Thanet 40 people, times the ``scale``
+parameter), a figure drawn from it, and a table of one cell of 3 people that fails disclosure
+control; ``tiny_fails`` releases a table and then raises; ``tiny_no_parameters`` has no cell tagged
+``parameters``. Expected values below are those hand-written inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from kidresearch import reports
+from kidresearch.cli import main
+from kidresearch.errors import (
+    AccessRefused,
+    DisclosureError,
+    ProposalError,
+    ReportError,
+)
+
+DATA = Path(__file__).parent / "data"
+NOTEBOOKS = DATA / "notebooks"
+PROPOSAL = DATA / "proposal_reports_test.yaml"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _checked(frame: pd.DataFrame, passed: bool, reasons: list[str] | None = None):
+    return SimpleNamespace(released=frame, passed=passed, record={"reasons": reasons or []})
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> reports.ReportRun:
+    """One run of all three test notebooks (one fine, one failing, one without parameters)."""
+    out = tmp_path_factory.mktemp("reports")
+    return reports.run(PROPOSAL, out=out, notebook_dir=NOTEBOOKS)
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory: pytest.TempPathFactory) -> reports.ReportRun:
+    """The releasing notebook alone, with parameter scale=2 given as a CLI-style string."""
+    out = tmp_path_factory.mktemp("scaled")
+    return reports.run(
+        PROPOSAL,
+        notebooks=["tiny_release"],
+        parameters={"scale": "2"},
+        out=out,
+        notebook_dir=NOTEBOOKS,
+    )
+
+
+# ------------------------------------------------------------------------------- failure isolation
+def test_one_failing_notebook_is_reported_and_the_others_still_run(batch):
+    summary = batch.summary().set_index("notebook")
+    assert not batch.ok
+    assert summary.loc["tiny_release.ipynb", "status"] == "ok"
+    assert summary.loc["tiny_fails.ipynb", "status"] == "error"
+    assert "deliberate failure for the runner tests" in summary.loc["tiny_fails.ipynb", "error"]
+    assert summary.loc["tiny_no_parameters.ipynb", "status"] == "error"
+    assert "tagged 'parameters'" in summary.loc["tiny_no_parameters.ipynb", "error"]
+    assert (batch.run_dir / "executed" / "tiny_fails.ipynb").is_file()
+    assert list(summary.index) == [
+        "tiny_release.ipynb",
+        "tiny_fails.ipynb",
+        "tiny_no_parameters.ipynb",
+    ]
+
+
+def test_outputs_of_a_failed_notebook_are_withheld(batch):
+    out = batch.to_frame().set_index("name")
+    assert out.loc["before_failure", "status"] == "withheld"
+    assert "notebook failed" in out.loc["before_failure", "reasons"]
+    assert not (batch.run_dir / "released" / "tiny_fails").exists()
+
+
+def test_cli_exit_code_is_8_when_a_notebook_fails(tmp_path, monkeypatch):
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(NOTEBOOKS / "tiny_no_parameters.ipynb", tmp_path / "notebooks")
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        ["report", "run", str(PROPOSAL), "--notebooks", "tiny_no_parameters", "--out", "r", "-q"]
+    )
+    assert code == 8
+    assert len(list((tmp_path / "r" / "TEST-REPORTS-001").glob("*/manifest.json"))) == 1
+
+
+# ------------------------------------------------------------------------------- refusals
+def test_unapproved_notebook_is_refused(tmp_path):
+    with pytest.raises(
+        AccessRefused, match=r"does not approve notebook\(s\) secret_analysis.ipynb"
+    ):
+        reports.run(PROPOSAL, notebooks=["secret_analysis"], out=tmp_path, notebook_dir=NOTEBOOKS)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_refusal_exit_code_is_5(tmp_path, capsys):
+    code = main(
+        ["report", "run", str(PROPOSAL), "--notebooks", "other.ipynb", "--out", str(tmp_path)]
+    )
+    assert code == 5
+    assert "tiny_release.ipynb" in capsys.readouterr().err
+
+
+def test_expired_proposal_is_refused(tmp_path):
+    expired = tmp_path / "old.yaml"
+    expired.write_text("id: OLD-1\nexpires: '2020-01-31'\nnotebooks: [tiny_release.ipynb]\n")
+    with pytest.raises(ProposalError, match="expired on 2020-01-31"):
+        reports.run(expired, out=tmp_path, notebook_dir=NOTEBOOKS)
+
+
+def test_reserved_parameter_and_missing_notebook_are_refused(tmp_path):
+    with pytest.raises(ProposalError, match="output_dir"):
+        reports.run(
+            PROPOSAL, parameters={"output_dir": "/tmp"}, out=tmp_path, notebook_dir=NOTEBOOKS
+        )
+    with pytest.raises(ProposalError, match="do not exist: .*tiny_release.ipynb"):
+        reports.run(PROPOSAL, out=tmp_path, notebook_dir=tmp_path)
+    with pytest.raises(ProposalError, match="No proposal 'NOPE-9'"):
+        reports.run("NOPE-9", out=tmp_path)
+
+
+def test_proposal_without_id_names_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("title: no id\nnotebooks: [a.ipynb]\n")
+    with pytest.raises(ProposalError, match=r"bad.yaml: field 'id' is required"):
+        reports.run(bad, out=tmp_path)
+
+
+# ------------------------------------------------------------------------------- released outputs
+def test_released_folder_holds_only_outputs_that_passed(batch):
+    released = sorted(
+        p.relative_to(batch.run_dir / "released").as_posix()
+        for p in (batch.run_dir / "released").rglob("*")
+        if p.is_file()
+    )
+    assert released == [
+        "tiny_release/people_by_district.csv",
+        "tiny_release/people_by_district_bar.png",
+        "tiny_release/people_by_district_bar.table.csv",
+    ]
+    out = batch.to_frame().set_index("name")
+    assert out.loc["small_cell", "status"] == "withheld"
+    assert out.loc["small_cell", "reasons"] == "count 3 below threshold 10"
+    dc = batch.manifest["disclosure_control"]
+    assert (dc["released"], dc["withheld"], dc["released_files"]) == (2, 2, 3)
+
+
+def test_released_table_has_the_notebook_values_sorted(batch, scaled):
+    table = batch.run_dir / "released" / "tiny_release" / "people_by_district.csv"
+    # Built in the notebook in the order Thanet 40, Dover 25, Ashford 30; written sorted.
+    assert table.read_text() == "district,people\nAshford,30\nDover,25\nThanet,40\n"
+    doubled = scaled.run_dir / "released" / "tiny_release" / "people_by_district.csv"
+    assert doubled.read_text() == "district,people\nAshford,60\nDover,50\nThanet,80\n"
+    assert scaled.manifest["parameters"] == {"scale": 2}
+
+
+def test_released_figure_is_a_png(batch):
+    png = batch.run_dir / "released" / "tiny_release" / "people_by_district_bar.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    image = plt.imread(png)
+    assert image.shape[:2] == (300, 400)  # figsize (4, 3) at reports.FIGURE_DPI = 100
+
+
+def test_html_reports_researcher_and_commissioner(batch):
+    html_dir = batch.run_dir / "html"
+    researcher = (html_dir / "tiny_release.html").read_text()
+    hidden = (html_dir / "tiny_release.commissioner.html").read_text()
+    code_cell = 'jp-InputArea-editor" data-type="inline"'
+    assert "ok_table" in researcher and code_cell in researcher  # code shown
+    assert "ok_table" not in hidden
+    assert code_cell not in hidden  # code hidden
+    assert "data:image/png;base64" in hidden
+    # A failed notebook gets the researcher version (to debug) but no commissioner version.
+    assert (html_dir / "tiny_fails.html").is_file()
+    assert not (html_dir / "tiny_fails.commissioner.html").exists()
+
+
+# ------------------------------------------------------------------------------- manifest
+def test_manifest_records_provenance(batch):
+    m = json.loads((batch.run_dir / "manifest.json").read_text())
+    assert m == batch.manifest
+    assert m["proposal"]["id"] == "TEST-REPORTS-001"
+    assert m["proposal"]["sha256"] == _sha(PROPOSAL)
+    assert _sha(batch.run_dir / "proposal.yaml") == _sha(PROPOSAL)
+    assert m["environment"]["packages"]["pandas"] == importlib.metadata.version("pandas")
+    assert m["environment"]["packages"]["papermill"] == importlib.metadata.version("papermill")
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parents[1], capture_output=True, text=True
+    )
+    if head.returncode == 0:
+        assert m["environment"]["git"]["commit"] == head.stdout.strip()
+    for nb in m["notebooks"]:
+        assert nb["sha256"] == _sha(NOTEBOOKS / nb["notebook"])
+    ran = [nb for nb in m["notebooks"] if nb["executed"]]
+    assert all(nb["seconds"] > 0 for nb in ran)
+    for out in m["outputs"]:
+        for f in out["files"]:
+            assert f["sha256"] == _sha(batch.run_dir / f["path"])
+    run_id = batch.run_dir.name
+    assert m["run_id"] == run_id and len(run_id.split("-")[-1]) == 8
+
+
+def test_kid_version_and_input_hashes_come_from_the_version_manifest(tmp_path):
+    version = tmp_path / "kid" / "2026-10"
+    version.mkdir(parents=True)
+    hashes = {"raw/gp_events/gp_events_2026-10.parquet": "ab" * 32}
+    (version / "manifest.json").write_text(
+        json.dumps({"version": "2026-10", "input_hashes": hashes})
+    )
+    info = reports._kid_info(tmp_path / "kid", None)
+    assert info["version"] == "2026-10"
+    assert info["input_hashes"] == hashes
+    assert info["manifest_sha256"] == _sha(version / "manifest.json")
+
+
+# ------------------------------------------------------------------------------- reproducibility
+def test_rerun_with_the_same_inputs_gives_identical_released_files(scaled, tmp_path):
+    result = reports.verify(scaled.run_dir, out=tmp_path)
+    assert result.ok, str(result)
+    assert list(result.comparison["status"]) == ["same"] * 3
+    rerun_dir = next((tmp_path / "TEST-REPORTS-001").iterdir())
+    for path in scaled.released_files():
+        twin = rerun_dir / path.relative_to(scaled.run_dir)
+        assert (
+            hashlib.sha256(twin.read_bytes()).digest() == hashlib.sha256(path.read_bytes()).digest()
+        )
+    assert rerun_dir.name != scaled.run_dir.name  # a new run folder, never overwritten
+    assert rerun_dir.name.split("-")[-1] == scaled.run_dir.name.split("-")[-1]  # same inputs
+
+
+def test_verify_flags_a_released_file_changed_after_the_run(scaled, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(scaled.run_dir, copy)
+    table = copy / "released" / "tiny_release" / "people_by_district.csv"
+    table.write_text(table.read_text().replace("60", "61"))
+    result = reports.verify(copy)
+    assert not result.ok
+    status = result.comparison.set_index("output")["status"]
+    assert status["tiny_release/people_by_district.csv"] == "file changed"
+    assert status["tiny_release/people_by_district_bar.png"] == "same"
+    assert any("changed after the run" in n for n in result.notes)
+
+
+def test_verify_without_a_manifest_names_the_file(tmp_path):
+    with pytest.raises(ReportError, match="manifest.json"):
+        reports.verify(tmp_path)
+
+
+# ------------------------------------------------------------------------------- release()
+def test_release_refuses_unchecked_tables_and_lone_figures(tmp_path):
+    with pytest.raises(DisclosureError, match="expected a CheckedTable"):
+        reports.release(pd.DataFrame({"n": [12]}), "raw_table", output_dir=tmp_path)
+    fig, _ = plt.subplots()
+    with pytest.raises(DisclosureError, match=r"table=checked"):
+        reports.release(fig, "lonely", output_dir=tmp_path)
+    with pytest.raises(DisclosureError, match="'name' parameter"):
+        reports.release(_checked(pd.DataFrame({"n": [12]}), True), "../escape", output_dir=tmp_path)
+    plt.close(fig)
+    assert not any(tmp_path.iterdir())
+
+
+def test_figure_is_withheld_when_its_table_failed(tmp_path):
+    fig, ax = plt.subplots()
+    ax.bar(["a"], [3])
+    failed = _checked(pd.DataFrame({"n": [3]}), False, ["count 3 is below 10"])
+    record = reports.release(fig, "bar", table=failed, output_dir=tmp_path)
+    plt.close(fig)
+    assert record.status == "withheld"
+    assert record.reasons == ("count 3 is below 10",)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bar.record.json"]
+
+
+def test_same_figure_gives_the_same_png_bytes(tmp_path):
+    table = _checked(pd.DataFrame({"n": [12, 30]}, index=pd.Index(["a", "b"], name="g")), True)
+    digests = []
+    for i in range(2):
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.bar(["a", "b"], [12, 30])
+        reports.release(fig, "bars", table=table, output_dir=tmp_path / str(i))
+        plt.close(fig)
+        digests.append(_sha(tmp_path / str(i) / "bars.png"))
+    assert digests[0] == digests[1]
+    assert (tmp_path / "0" / "bars.table.csv").read_text() == "g,n\na,12\nb,30\n"
+
+
+def test_duplicate_output_name_is_an_error(tmp_path):
+    table = _checked(pd.DataFrame({"n": [12]}), True)
+    reports.release(table, "once", output_dir=tmp_path)
+    with pytest.raises(ReportError, match="already released"):
+        reports.release(table, "once", output_dir=tmp_path)
+
+
+def test_plain_range_index_tables_are_sorted_by_their_columns(tmp_path):
+    frame = pd.DataFrame({"band": ["65-74", "45-64", "75+"], "people": [20, 35, 11]})
+    reports.release(_checked(frame, True), "bands", output_dir=tmp_path)
+    assert (tmp_path / "bands.csv").read_text() == "band,people\n45-64,35\n65-74,20\n75+,11\n"
+
+
+# ------------------------------------------------------------------------------- register, run_all
+def test_register_lists_proposals_and_only_released_outputs(batch, tmp_path):
+    proposals = tmp_path / "proposals"
+    proposals.mkdir()
+    shutil.copy(PROPOSAL, proposals)
+    (proposals / "other.yaml").write_text(
+        "id: OTHER-2\ntitle: Another study\norganisation: University of Kent\n"
+        "purpose: Nothing run yet.\napproved: '2026-02-01'\nexpires: '2099-01-01'\nnotebooks: []\n"
+    )
+    path = reports.build_register(
+        proposals=proposals, reports=batch.run_dir.parents[1], out=tmp_path / "register.md"
+    )
+    text = path.read_text()
+    register = json.loads(path.with_suffix(".json").read_text())
+    assert [p["id"] for p in register["proposals"]] == ["OTHER-2", "TEST-REPORTS-001"]
+    test_entry = register["proposals"][1]
+    assert test_entry["organisation"] == "kidresearch test suite"
+    assert test_entry["approved"] == "2026-01-01"
+    (run,) = test_entry["runs"]
+    assert [o["name"] for o in run["released"]] == ["people_by_district", "people_by_district_bar"]
+    assert run["withheld"] == 2
+    assert "people_by_district_bar.png" in text and "University of Kent" in text
+    assert "small_cell" not in text and "before_failure" not in text  # withheld: counted only
+    assert path.with_suffix(".html").read_text().startswith("<!doctype html>")
+
+
+def test_run_all_returns_8_when_a_proposal_fails_and_builds_the_register(tmp_path, monkeypatch):
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(NOTEBOOKS / "tiny_no_parameters.ipynb", tmp_path / "notebooks")
+    (tmp_path / "proposals").mkdir()
+    (tmp_path / "proposals" / "a.yaml").write_text(
+        "id: A-1\ntitle: A\nnotebooks: [tiny_no_parameters.ipynb]\n"
+    )
+    (tmp_path / "proposals" / "b.yaml").write_text("id: B-1\ntitle: B\nnotebooks: []\n")
+    monkeypatch.chdir(tmp_path)
+    code = reports.run_all(data=None, out=tmp_path / "reports", progress=False)
+    assert code == 8
+    register = json.loads((tmp_path / "reports" / "register.json").read_text())
+    assert [p["id"] for p in register["proposals"]] == ["A-1", "B-1"]
