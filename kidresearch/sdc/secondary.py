@@ -1,0 +1,490 @@
+"""Secondary suppression for additive tables with margins and hierarchies.
+
+A table with margins is a set of cells tied by linear equations: every total (or subtotal) equals
+the sum of its children, along every dimension. Once the primary cells are suppressed, an attacker
+who knows the released cells can solve those equations for a suppressed cell, or at least bound it.
+For each suppressed cell the *feasible range* is ``[min x, max x]`` over all non-negative
+solutions of the equations with the released cells fixed (a linear program). A suppression
+pattern protects the table when every suppressed cell's feasible range is at least as wide as its
+required protection (the policy's ``protection_level``, by default the threshold, for counts;
+``protection_ratio`` times the value for magnitudes).
+
+Algorithm (deterministic; documented in ``docs/disclosure_control.md``):
+
+1. **Singletons.** Any equation with exactly one suppressed member lets that member be solved
+   exactly, so one more member is suppressed: the released member with the smallest value
+   (ties by position), which loses least information. Repeat until no equation has exactly one
+   suppressed member (vectorised over all equations at once).
+2. **LP audit.** The released cells are constants, so the audit LP has one variable per
+   suppressed cell and one row per equation that touches one. A few LPs with objectives of
+   random (seeded) signs over the still-uncertified cells give feasible points; a cell is
+   certified as soon as two known feasible points (the true table is one) differ in it by at
+   least its protection. This proves protection for most cells with a handful of LPs. Each
+   remaining cell gets the exact answer: two LPs (min and max) on its connected component.
+3. **Repair.** A cell whose exact range is too narrow gets one more released cell from its own
+   equations suppressed (smallest positive value first), and steps 1-3 repeat. Adding
+   suppressions only widens feasible ranges, so certified cells stay certified.
+
+The LPs are solved with HiGHS through :func:`scipy.optimize.linprog`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import linprog
+from scipy.sparse.csgraph import connected_components
+
+from kidresearch.errors import DisclosureError
+
+logger = logging.getLogger(__name__)
+
+_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class TableStructure:
+    """The shape of a table with margins: per dimension, each node's parent (``-1``: none).
+
+    Parameters
+    ----------
+    parents : tuple of numpy arrays
+        ``parents[d][i]`` is the index of node ``i``'s parent along dimension ``d`` (a total or
+        subtotal), or ``-1`` for the top node (or for every node of a dimension without margins).
+
+    Examples
+    --------
+    A 2 x 2 table with row and column totals (node 2 is the total on both axes):
+
+    >>> import numpy as np
+    >>> s = TableStructure((np.array([2, 2, -1]), np.array([2, 2, -1])))
+    >>> s.shape, s.equations().shape
+    ((3, 3), (6, 9))
+    """
+
+    parents: tuple[np.ndarray, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(p) for p in self.parents)
+
+    @property
+    def n_cells(self) -> int:
+        return int(np.prod(self.shape))
+
+    def equations(self) -> sp.csr_matrix:
+        """Sparse matrix ``A`` (equations x cells) with ``A @ x == 0`` for a consistent table.
+
+        Each row reads ``parent - sum(children) = 0`` for one parent cell along one dimension.
+        """
+        shape = self.shape
+        n = self.n_cells
+        coords = np.indices(shape).reshape(len(shape), -1)
+        flat = np.arange(n)
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+        for d, par in enumerate(self.parents):
+            par = np.asarray(par)
+            node_par = par[coords[d]]
+            is_child = node_par >= 0
+            parent_coords = coords[:, is_child].copy()
+            parent_coords[d] = node_par[is_child]
+            parent_flat = np.ravel_multi_index(tuple(parent_coords), shape)
+            is_parent_node = np.zeros(len(par), dtype=bool)
+            is_parent_node[par[par >= 0]] = True
+            is_parent = is_parent_node[coords[d]]
+            rows += [d * n + parent_flat, d * n + flat[is_parent]]
+            cols += [flat[is_child], flat[is_parent]]
+            vals += [-np.ones(is_child.sum()), np.ones(is_parent.sum())]
+        if not rows:
+            return sp.csr_matrix((0, n))
+        row_keys = np.concatenate(rows)
+        uniq, row_ids = np.unique(row_keys, return_inverse=True)
+        return sp.csr_matrix(
+            (np.concatenate(vals), (row_ids, np.concatenate(cols))), shape=(len(uniq), n)
+        )
+
+
+@dataclass(frozen=True)
+class SecondaryResult:
+    """Outcome of :func:`protect`: which cells are suppressed and how the audit went."""
+
+    suppressed: np.ndarray
+    secondary: np.ndarray
+    width: np.ndarray
+    n_lp: int
+    rounds: int
+
+
+def _lp_ranges(
+    a_eq: sp.csr_matrix, b_eq: np.ndarray, lower: float, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Exact min and max of each target variable subject to ``a_eq y = b_eq, y >= lower``."""
+    n = a_eq.shape[1]
+    lo = np.empty(len(targets))
+    hi = np.empty(len(targets))
+    n_lp = 0
+    bounds = (None if not np.isfinite(lower) else lower, None)
+    for k, t in enumerate(targets):
+        c = np.zeros(n)
+        c[t] = 1.0
+        res_min = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+        res_max = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+        n_lp += 2
+        if res_min.status not in (0, 3) or res_max.status not in (0, 3):
+            raise DisclosureError(
+                "secondary suppression audit: the table's margins are inconsistent with its "
+                f"cells (LP status {res_min.status}/{res_max.status}); check that totals equal "
+                "the sum of their cells"
+            )
+        lo[k] = -np.inf if res_min.status == 3 else res_min.x[t]
+        hi[k] = np.inf if res_max.status == 3 else res_max.x[t]
+    return lo, hi, n_lp
+
+
+def feasible_ranges(
+    values: np.ndarray,
+    suppressed: np.ndarray,
+    equations: sp.csr_matrix,
+    *,
+    lower: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact feasible range of every suppressed cell given the released cells (two LPs each).
+
+    Parameters
+    ----------
+    values : numpy array
+        True cell values (flat, same order as the columns of ``equations``).
+    suppressed : numpy array of bool
+        Which cells are withheld.
+    equations : sparse matrix
+        ``A`` with ``A @ values == 0`` (see :meth:`TableStructure.equations`).
+    lower : float
+        Lower bound on every cell (0 for counts and non-negative magnitudes).
+
+    Returns
+    -------
+    (lo, hi) : numpy arrays
+        Bounds for the suppressed cells, in the order of ``np.flatnonzero(suppressed)``.
+
+    Examples
+    --------
+    A 2 x 2 table with totals where only one interior cell is hidden: it is recovered exactly.
+
+    >>> import numpy as np
+    >>> s = TableStructure((np.array([2, 2, -1]), np.array([2, 2, -1])))
+    >>> x = np.array([3, 12, 15, 20, 30, 50, 23, 42, 65], dtype=float)
+    >>> hidden = np.zeros(9, dtype=bool); hidden[0] = True
+    >>> feasible_ranges(x, hidden, s.equations())
+    (array([3.]), array([3.]))
+    """
+    values = np.asarray(values, dtype=float)
+    suppressed = np.asarray(suppressed, dtype=bool)
+    cells = np.flatnonzero(suppressed)
+    if len(cells) == 0:
+        return np.empty(0), np.empty(0)
+    a = equations.tocsc()
+    a_s = a[:, cells].tocsr()
+    touched = np.flatnonzero(np.diff(a_s.indptr) > 0)
+    a_s = a_s[touched]
+    rhs = -(a[:, ~suppressed] @ values[~suppressed])[touched]
+    lo, hi, _ = _lp_ranges(a_s, rhs, lower, np.arange(len(cells)))
+    return lo, hi
+
+
+def _choose_per_row(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """For each distinct row, the column with the smallest cost (ties: smallest column)."""
+    if len(rows) == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((cols, cost, rows))
+    rows_o = rows[order]
+    first = np.ones(len(rows_o), dtype=bool)
+    first[1:] = rows_o[1:] != rows_o[:-1]
+    return np.unique(cols[order][first])
+
+
+def _close_singletons(a_abs: sp.csr_matrix, suppressed: np.ndarray, cost: np.ndarray) -> None:
+    """Suppress one more member of every equation that has exactly one suppressed member."""
+    while True:
+        count = a_abs @ suppressed.astype(np.int64)
+        single = np.flatnonzero(count == 1)
+        if len(single) == 0:
+            return
+        sub = a_abs[single].tocoo()
+        keep = ~suppressed[sub.col]
+        pick = _choose_per_row(sub.row[keep], sub.col[keep], cost[sub.col[keep]])
+        suppressed[pick] = True
+
+
+def protect(
+    values: np.ndarray,
+    primary: np.ndarray,
+    structure: TableStructure,
+    required: np.ndarray,
+    *,
+    lower: float = 0.0,
+    seed: int = 0,
+    random_rounds: int = 3,
+) -> SecondaryResult:
+    """Choose secondary suppressions so that every suppressed cell keeps a wide feasible range.
+
+    Parameters
+    ----------
+    values : numpy array
+        True values of all cells (flat, C order over ``structure.shape``), margins included.
+    primary : numpy array of bool
+        Cells suppressed by the primary rules.
+    structure : TableStructure
+        Parents of every node along every dimension.
+    required : numpy array
+        Minimum feasible-range width for each cell should it be suppressed.
+    lower : float
+        Lower bound of every cell (0 for counts and non-negative magnitudes; ``-inf`` otherwise).
+    seed : int
+        Seed for the objective signs of the certifying LPs (the result is deterministic).
+    random_rounds : int
+        Number of batched certifying rounds before exact per-cell LPs.
+
+    Returns
+    -------
+    SecondaryResult
+
+    Examples
+    --------
+    One small cell in a 2 x 2 table with totals: its row, column and diagonal partner go too.
+
+    >>> import numpy as np
+    >>> s = TableStructure((np.array([2, 2, -1]), np.array([2, 2, -1])))
+    >>> x = np.array([3, 12, 15, 20, 30, 50, 23, 42, 65], dtype=float)
+    >>> primary = x < 10
+    >>> r = protect(x, primary, s, np.full(9, 10.0))
+    >>> np.flatnonzero(r.suppressed).tolist()
+    [0, 1, 3, 4]
+    """
+    values = np.asarray(values, dtype=float)
+    suppressed = np.asarray(primary, dtype=bool).copy()
+    required = np.asarray(required, dtype=float)
+    n = len(values)
+    a = structure.equations()
+    a_abs = abs(a).astype(np.int64).tocsr()
+    a_csc = a.tocsc()
+    # Cheapest partners first: small positive values; zeros (which cannot absorb a decrease)
+    # and then margins only when nothing else is left.
+    big = float(np.nanmax(np.abs(values))) + 1.0 if n else 1.0
+    cost = np.where(values > 0, values, big * 4.0)
+
+    certified = ~suppressed | (required <= 0)
+    lo_seen = values.copy()
+    hi_seen = values.copy()
+    rng = np.random.default_rng(seed)
+    n_lp = 0
+    rounds = 0
+    box = big * 4.0 + float(np.max(required, initial=0.0)) * 4.0
+    while True:
+        rounds += 1
+        _close_singletons(a_abs, suppressed, cost)
+        certified |= ~suppressed
+        certified[suppressed] |= required[suppressed] <= 0
+        cells = np.flatnonzero(suppressed)
+        if len(cells) == 0 or certified[cells].all():
+            break
+        bad, k = _certify(
+            a_csc,
+            values,
+            suppressed,
+            ~certified,
+            required,
+            lower,
+            rng,
+            lo_seen,
+            hi_seen,
+            random_rounds,
+            box,
+        )
+        n_lp += k
+        certified[cells] = True
+        certified[bad] = False
+        if len(bad) == 0:
+            break
+        # Repair: suppress the cheapest released member of the failing cells' own equations.
+        sub = a_abs[:, bad].tocoo()
+        eqs = np.unique(sub.row)
+        members = a_abs[eqs].tocoo()
+        keep = ~suppressed[members.col]
+        if keep.any():
+            cand = members.col[keep]
+            pick = cand[np.lexsort((cand, cost[cand]))][: max(1, len(bad))]
+            suppressed[np.unique(pick)] = True
+        else:
+            # Everything in their equations is already hidden: widen from the whole component.
+            comp_rows = np.flatnonzero((a_abs @ suppressed.astype(np.int64)) > 0)
+            members = a_abs[comp_rows].tocoo()
+            cand = members.col[~suppressed[members.col]]
+            if len(cand) == 0:
+                raise DisclosureError(
+                    "secondary suppression could not protect every cell even with all "
+                    "released cells considered; this should not happen for consistent tables"
+                )
+            suppressed[cand[np.lexsort((cand, cost[cand]))][0]] = True
+    width = np.where(suppressed, hi_seen - lo_seen, np.nan)
+    secondary = suppressed & ~np.asarray(primary, dtype=bool)
+    logger.info(
+        "secondary suppression: %d primary, %d secondary, %d LPs, %d rounds",
+        int(np.sum(primary)),
+        int(secondary.sum()),
+        n_lp,
+        rounds,
+    )
+    return SecondaryResult(suppressed, secondary, width, n_lp, rounds)
+
+
+def _certify(
+    a_csc: sp.csc_matrix,
+    values: np.ndarray,
+    suppressed: np.ndarray,
+    check: np.ndarray,
+    required: np.ndarray,
+    lower: float,
+    rng: np.random.Generator,
+    lo_seen: np.ndarray,
+    hi_seen: np.ndarray,
+    random_rounds: int,
+    box: float,
+) -> tuple[np.ndarray, int]:
+    """Cells (flat ids) among ``check & suppressed`` whose feasible range is narrower than required.
+
+    ``lo_seen``/``hi_seen`` hold the extremes of known feasible points (updated in place); the
+    values of suppressed cells may be unknown (NaN), as when auditing a released file.
+    """
+    cells = np.flatnonzero(suppressed)
+    a_s = a_csc[:, cells].tocsr()
+    touched = np.flatnonzero(np.diff(a_s.indptr) > 0)
+    a_s = a_s[touched]
+    rhs = -(a_csc[:, ~suppressed] @ values[~suppressed])[touched]
+    need = check[cells].copy()
+    need &= ~(hi_seen[cells] - lo_seen[cells] >= required[cells] - _TOL)
+    base = np.where(np.isfinite(values[cells]), np.maximum(values[cells], 0), 0.0)
+    ub = base + box
+    lb = np.full(len(cells), lower if np.isfinite(lower) else -box)
+    bounds = np.column_stack([lb, ub])
+    n_lp = 0
+    for _ in range(random_rounds):
+        if not need.any():
+            break
+        c = np.zeros(len(cells))
+        c[need] = rng.choice([-1.0, 1.0], size=int(need.sum()))
+        for sign in (1.0, -1.0):
+            res = linprog(-sign * c, A_eq=a_s, b_eq=rhs, bounds=bounds, method="highs")
+            n_lp += 1
+            if res.status != 0:
+                raise DisclosureError(
+                    "secondary suppression: the table's margins are inconsistent with its "
+                    f"cells (LP status {res.status}); totals must equal the sum of their cells"
+                )
+            lo_seen[cells] = np.minimum(lo_seen[cells], res.x)
+            hi_seen[cells] = np.maximum(hi_seen[cells], res.x)
+        width = hi_seen[cells] - lo_seen[cells]
+        need &= ~(width >= required[cells] - _TOL)
+    if not need.any():
+        return np.empty(0, dtype=np.int64), n_lp
+    bad, k = _exact_failures(a_s, rhs, cells, need, required, lower, lo_seen, hi_seen)
+    return bad, n_lp + k
+
+
+def certify_released(
+    values: np.ndarray,
+    suppressed: np.ndarray,
+    structure: TableStructure,
+    required: float | np.ndarray,
+    *,
+    lower: float = 0.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Audit a released table: suppressed cells (values unknown) whose range is too narrow.
+
+    Parameters
+    ----------
+    values : numpy array
+        Released values, NaN where suppressed (flat, C order over ``structure.shape``).
+    suppressed : numpy array of bool
+        Which cells are withheld.
+    structure : TableStructure
+        Parents of every node.
+    required : float or numpy array
+        Minimum feasible-range width.
+
+    Returns
+    -------
+    numpy array
+        Flat ids of suppressed cells that can be pinned down to less than ``required``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = TableStructure((np.array([2, 2, -1]), np.array([2, 2, -1])))
+    >>> x = np.array([np.nan, 12, 15, 20, 30, 50, 23, 42, 65])
+    >>> certify_released(x, np.isnan(x), s, 10.0).tolist()
+    [0]
+    """
+    values = np.asarray(values, dtype=float)
+    suppressed = np.asarray(suppressed, dtype=bool)
+    req = np.broadcast_to(np.asarray(required, dtype=float), values.shape).copy()
+    lo_seen = np.where(suppressed, np.inf, values)
+    hi_seen = np.where(suppressed, -np.inf, values)
+    known = values[~suppressed]
+    box = 4.0 * (float(np.max(np.abs(known), initial=0.0)) + float(req.max(initial=0.0))) + 1.0
+    a_csc = structure.equations().tocsc()
+    bad, _ = _certify(
+        a_csc,
+        np.where(suppressed, 0.0, values),
+        suppressed,
+        suppressed.copy(),
+        req,
+        lower,
+        np.random.default_rng(seed),
+        lo_seen,
+        hi_seen,
+        3,
+        box,
+    )
+    return bad
+
+
+def _exact_failures(
+    a_s: sp.csr_matrix,
+    rhs: np.ndarray,
+    cells: np.ndarray,
+    need: np.ndarray,
+    required: np.ndarray,
+    lower: float,
+    lo_seen: np.ndarray,
+    hi_seen: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """Exact LP ranges for the uncertified cells; returns the cells still too narrow."""
+    n_var = len(cells)
+    n_eq = a_s.shape[0]
+    # Bipartite graph variables <-> equations, to split the LP into independent components.
+    bip = sp.bmat([[None, a_s.T.tocsr() != 0], [a_s != 0, None]]).tocsr()
+    _, labels = connected_components(bip, directed=False)
+    var_label = labels[:n_var]
+    eq_label = labels[n_var : n_var + n_eq]
+    bad: list[int] = []
+    n_lp = 0
+    for comp in np.unique(var_label[need]):
+        vars_c = np.flatnonzero(var_label == comp)
+        eqs_c = np.flatnonzero(eq_label == comp)
+        sub = a_s[eqs_c][:, vars_c]
+        targets_global = np.flatnonzero(need & (var_label == comp))
+        local = np.searchsorted(vars_c, targets_global)
+        lo, hi, k = _lp_ranges(sub.tocsr(), rhs[eqs_c], lower, local)
+        n_lp += k
+        idx = cells[targets_global]
+        lo_seen[idx] = np.minimum(lo_seen[idx], lo)
+        hi_seen[idx] = np.maximum(hi_seen[idx], hi)
+        too_narrow = (hi - lo) < required[idx] - _TOL
+        bad.extend(idx[too_narrow].tolist())
+    return np.array(sorted(bad), dtype=np.int64), n_lp
