@@ -109,9 +109,9 @@ def _treatment_vector(data: pd.DataFrame, treatment: str) -> np.ndarray:
     raw = data[treatment]
     missing = int(raw.isna().sum())
     if missing:
-        rows = list(np.flatnonzero(raw.isna().to_numpy())[:5])
+        rows = raw.index[raw.isna()][:5].tolist()
         raise MatchingError(
-            f"Treatment column '{treatment}' has {missing} missing values (first rows {rows}); "
+            f"Treatment column '{treatment}' has {missing} missing values (first row labels {rows}); "
             "expected 0/1 for every row. Remove or impute them before matching."
         )
     values = pd.unique(raw)
@@ -148,9 +148,9 @@ def _covariate_frames(
         col = data[name]
         n_missing = int(col.isna().sum())
         if n_missing:
-            rows = list(np.flatnonzero(col.isna().to_numpy())[:5])
+            rows = col.index[col.isna()][:5].tolist()
             raise MatchingError(
-                f"Covariate '{name}' has {n_missing} missing values (first rows {rows}); matching "
+                f"Covariate '{name}' has {n_missing} missing values (first row labels {rows}); matching "
                 "needs complete covariates. Impute them or add a missingness indicator."
             )
         if _is_categorical(col):
@@ -599,6 +599,17 @@ def _balance_table(
     if "distance" in names:
         out["type"][names.index("distance")] = "distance"
     for label, w in (("before", ones), ("after", weights)):
+        if not ((w > 0) & (t == 1)).any() or not ((w > 0) & (t == 0)).any():
+            for stat in (
+                "mean_treated",
+                "mean_control",
+                "smd",
+                "var_ratio",
+                "ecdf_mean",
+                "ecdf_max",
+            ):
+                out[f"{stat}_{label}"] = np.full(len(names), np.nan)
+            continue
         wt, wc = w[t == 1], w[t == 0]
         keep_t, keep_c = wt > 0, wc > 0
         mean_t = _weighted_mean(xt[keep_t], wt[keep_t])
@@ -940,13 +951,20 @@ class MatchResult:
                     raise MatchingError(f"Person-time column '{time}' must be positive.")
                 offset = np.log(person_time)
             glm = sm.GLM(y, design, family=sm.families.Poisson(), var_weights=w, offset=offset)
-            fit_kw = (
-                {"cov_type": "cluster", "cov_kwds": {"groups": groups}}
-                if clustered
-                else {"cov_type": "HC1"}
-            )
-            fit = glm.fit(**fit_kw)
-            coef, se = float(fit.params[1]), float(fit.bse[1])
+            fit = glm.fit()
+            mu = fit.fittedvalues
+            # Sandwich by hand (statsmodels' robust covariances do not fully support weights):
+            # sandwich::vcovCL's HC1 for a weighted glm, clusters = pairs (or each row).
+            scores = design * (w * (y - mu))[:, None]
+            bread = np.linalg.inv((design * (w * mu)[:, None]).T @ design)
+            cluster_ids = groups if clustered else np.arange(len(y))
+            _, codes = np.unique(cluster_ids, return_inverse=True)
+            summed = np.zeros((codes.max() + 1, design.shape[1]))
+            np.add.at(summed, codes, scores)
+            n_obs, n_par, n_g = len(y), design.shape[1], len(summed)
+            vcov = bread @ (summed.T @ summed) @ bread
+            vcov *= (n_g / (n_g - 1) if clustered else 1.0) * (n_obs - 1) / (n_obs - n_par)
+            coef, se = float(fit.params[1]), float(math.sqrt(vcov[1, 1]))
             p = float(2 * stats.norm.sf(abs(coef / se)))
             return MatchedEffect(
                 outcome=outcome,

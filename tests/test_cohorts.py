@@ -1,0 +1,550 @@
+"""Tests of kidresearch.cohorts against MatchIt's published results, MatchIt runs and hand cases."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kidresearch.cohorts import MatchingError, fit_propensity_score, match
+from kidresearch.data import load
+from kidresearch.errors import DroppedRowsWarning
+
+REFERENCE = Path(__file__).parent / "data" / "matchit_reference"
+LALONDE_COVARIATES = ["age", "educ", "race", "married", "nodegree", "re74", "re75"]
+
+
+@pytest.fixture(scope="module")
+def lalonde() -> pd.DataFrame:
+    return load("lalonde")
+
+
+def _partition(ids: pd.Series, subclass: pd.Series) -> set[frozenset[str]]:
+    """Subclasses as a set of member sets, so numbering conventions do not matter."""
+    keep = subclass.notna() & (subclass.astype(str) != "0")
+    groups = pd.Series(ids[keep].to_numpy()).groupby(subclass[keep].astype(str).to_numpy())
+    return {frozenset(members) for _, members in groups}
+
+
+# ---------------------------------------------------------------------------------------------
+# Published reference: MatchIt 4.7 "Getting Started" vignette
+# ---------------------------------------------------------------------------------------------
+
+
+def test_lalonde_nearest_gives_vignette_sample_sizes(lalonde: pd.DataFrame) -> None:
+    result = match(lalonde, "treat", LALONDE_COVARIATES)
+    sizes = result.summary()
+    assert sizes.loc["all", "treated"] == 185 and sizes.loc["all", "control"] == 429
+    assert sizes.loc["matched", "treated"] == 185 and sizes.loc["matched", "control"] == 185
+    assert sizes.loc["unmatched", "control"] == 244 and sizes.loc["unmatched", "treated"] == 0
+    assert len(result.matched) == 370
+
+
+@pytest.mark.parametrize("sample", ["all", "matched"])
+def test_lalonde_balance_reproduces_vignette_table(lalonde: pd.DataFrame, sample: str) -> None:
+    reference = pd.read_csv(REFERENCE / "lalonde_nearest_vignette_balance.csv")
+    reference = reference[reference["sample"] == sample].set_index("covariate")
+    table = match(lalonde, "treat", LALONDE_COVARIATES).balance(binary="std").table
+    suffix = "before" if sample == "all" else "after"
+    for ours, theirs in [
+        ("mean_treated", "mean_treated"),
+        ("mean_control", "mean_control"),
+        ("smd", "smd"),
+        ("var_ratio", "var_ratio"),
+        ("ecdf_mean", "ecdf_mean"),
+        ("ecdf_max", "ecdf_max"),
+    ]:
+        got = table.loc[reference.index, f"{ours}_{suffix}"]
+        want = reference[theirs]
+        both = want.notna()
+        # The vignette prints 4 decimals: agreement to rounding.
+        np.testing.assert_allclose(got[both], want[both], atol=5.1e-5, err_msg=ours)
+        assert got[~both].isna().all(), f"{ours}: MatchIt prints '.' for binary variables"
+
+
+def test_distance_smd_after_matching_is_published_09739(lalonde: pd.DataFrame) -> None:
+    table = match(lalonde, "treat", LALONDE_COVARIATES).balance().table
+    assert round(table.loc["distance", "smd_after"], 4) == 0.9739
+
+
+def test_binary_smd_defaults_to_raw_difference_as_cobalt(lalonde: pd.DataFrame) -> None:
+    result = match(lalonde, "treat", LALONDE_COVARIATES)
+    table = result.balance().table
+    # cobalt's bal.tab on these matches prints race_black 0.3730 (raw proportion difference).
+    assert table.loc["race_black", "smd_after"] == pytest.approx(0.3730, abs=5e-5)
+    assert table.loc["race_black", "type"] == "binary"
+    assert table.loc["age", "smd_after"] == pytest.approx(0.0718, abs=5e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference implementation: MatchIt 4.5.1 runs (see tests/data/matchit_reference/README.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def _reference(name: str) -> pd.DataFrame:
+    return pd.read_csv(REFERENCE / f"matchit451_lalonde_{name}.csv")
+
+
+def test_propensity_score_equals_r_glm(lalonde: pd.DataFrame) -> None:
+    result = match(lalonde, "treat", LALONDE_COVARIATES)
+    np.testing.assert_allclose(result.distance, _reference("nn2")["distance"], atol=1e-10)
+
+
+def test_two_to_one_nearest_selects_matchits_controls(lalonde: pd.DataFrame) -> None:
+    # Same 370 controls and weights as MatchIt 4.5.1; the pairing differs because 4.5.1's
+    # first round differs from 4.7's (see README), so only the selected set is compared.
+    reference = _reference("nn2")
+    result = match(lalonde, "treat", LALONDE_COVARIATES, ratio=2)
+    np.testing.assert_allclose(result.weights, reference["weights"], atol=1e-12)
+
+
+def test_cem_with_sturges_bins_equals_matchit(lalonde: pd.DataFrame) -> None:
+    reference = _reference("cem")
+    covs = ["age", "educ", "race", "married", "nodegree"]
+    result = match(lalonde, "treat", covs, method="cem")
+    np.testing.assert_allclose(result.weights, reference["weights"], atol=1e-12)
+    ours = pd.Series(result.subclass).where(result.subclass > 0)
+    assert _partition(lalonde["id"], ours) == _partition(reference["id"], reference["subclass"])
+
+
+def test_exact_matching_equals_matchit(lalonde: pd.DataFrame) -> None:
+    reference = _reference("exact")
+    result = match(lalonde, "treat", ["race", "married", "nodegree", "educ"], method="exact")
+    np.testing.assert_allclose(result.weights, reference["weights"], atol=1e-12)
+    ours = pd.Series(result.subclass).where(result.subclass > 0)
+    assert _partition(lalonde["id"], ours) == _partition(reference["id"], reference["subclass"])
+
+
+def test_mahalanobis_nearest_equals_matchit(lalonde: pd.DataFrame) -> None:
+    reference = _reference("mahal")
+    result = match(lalonde, "treat", ["age", "educ", "re74", "re75"], distance="mahalanobis")
+    np.testing.assert_allclose(result.weights, reference["weights"], atol=1e-12)
+    ours = pd.Series(result.subclass).where(result.subclass > 0)
+    assert _partition(lalonde["id"], ours) == _partition(reference["id"], reference["subclass"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-computed small cases
+# ---------------------------------------------------------------------------------------------
+
+
+def _pairs(result, ids: list[str]) -> set[tuple[str, str]]:
+    frame = result.matched.assign(id=[ids[i] for i in result.matched.index])
+    out = set()
+    for _, group in frame.groupby("subclass"):
+        treated = group.loc[group["treat"] == 1, "id"].tolist()
+        for control in group.loc[group["treat"] == 0, "id"]:
+            out.add((treated[0], control))
+    return out
+
+
+def test_greedy_order_largest_score_first_changes_the_pairs() -> None:
+    # T1 (0.8) goes first and takes C1 (0.76); T2 (0.7) then gets C2 (0.6). Matching in data
+    # order with T2 listed first, T2 takes C1 (|0.7-0.76| = .06 < .1) and T1 is left with C2.
+    toy = pd.DataFrame({"treat": [1, 1, 0, 0], "ps": [0.7, 0.8, 0.76, 0.6]})
+    ids = ["T2", "T1", "C1", "C2"]
+    largest = match(toy, "treat", [], distance=toy["ps"])
+    assert _pairs(largest, ids) == {("T1", "C1"), ("T2", "C2")}
+    in_data_order = match(toy, "treat", [], distance=toy["ps"], m_order="data")
+    assert _pairs(in_data_order, ids) == {("T2", "C1"), ("T1", "C2")}
+
+
+def test_equidistant_controls_tie_to_the_lower_score() -> None:
+    # MatchIt's nn_matchC_vec keeps the left (lower-distance) control when |left| <= |right|.
+    toy = pd.DataFrame({"treat": [1, 0, 0], "ps": [0.5, 0.75, 0.25]})
+    result = match(toy, "treat", [], distance=toy["ps"])
+    assert _pairs(result, ["T", "Chigh", "Clow"]) == {("T", "Clow")}
+
+
+def test_caliper_in_raw_units_excludes_treated_without_close_control() -> None:
+    toy = pd.DataFrame({"treat": [1, 1, 0, 0], "ps": [0.9, 0.5, 0.88, 0.2]})
+    with pytest.warns(DroppedRowsWarning, match="1 of 2 treated"):
+        result = match(toy, "treat", [], distance=toy["ps"], caliper=0.05, std_caliper=False)
+    assert _pairs(result, ["T1", "T2", "C1", "C2"]) == {("T1", "C1")}
+    assert result.summary().loc["unmatched", "treated"] == 1
+    assert result.weights.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_standardised_caliper_is_in_sds_of_the_distance() -> None:
+    ps = [0.9, 0.5, 0.88, 0.2, 0.3]
+    toy = pd.DataFrame({"treat": [1, 1, 0, 0, 0], "ps": ps})
+    sd = statistics.stdev(ps)  # 0.3136..., over all units as MatchIt's sd(distance)
+    # |0.5 - 0.3| = 0.2: inside 0.7 SD (0.2195) but outside 0.6 SD (0.1882).
+    inside = match(toy, "treat", [], distance=toy["ps"], caliper=0.7)
+    assert inside.caliper == pytest.approx(0.7 * sd)
+    assert inside.summary().loc["matched", "treated"] == 2
+    with pytest.warns(DroppedRowsWarning):
+        outside = match(toy, "treat", [], distance=toy["ps"], caliper=0.6)
+    assert outside.summary().loc["matched", "treated"] == 1
+
+
+def test_ratio_two_matches_in_rounds_and_weights_as_matchit() -> None:
+    # Round 1: T1 (0.9) takes C1 (0.85); T2 (0.5) takes C2 (0.52). Round 2: T1 takes C3 (0.1);
+    # T2 finds none. (Taking both of T1's matches first would have given T1 C1 and C2.)
+    toy = pd.DataFrame({"treat": [1, 1, 0, 0, 0], "ps": [0.9, 0.5, 0.85, 0.52, 0.1]})
+    ids = ["T1", "T2", "C1", "C2", "C3"]
+    with pytest.warns(UserWarning, match="Only 3 controls for 2 focal units"):
+        result = match(toy, "treat", [], distance=toy["ps"], ratio=2)
+    assert _pairs(result, ids) == {("T1", "C1"), ("T1", "C3"), ("T2", "C2")}
+    # Control weights: 1/2 for each of T1's controls, 1 for T2's; scaled to sum to 3 controls.
+    raw = np.array([0.5, 1.0, 0.5])
+    expected_controls = raw * 3 / raw.sum()
+    np.testing.assert_allclose(result.weights, [1.0, 1.0, *expected_controls])
+
+
+def test_with_replacement_reuses_the_nearest_control_and_weights_by_use() -> None:
+    toy = pd.DataFrame({"treat": [1, 1, 1, 0, 0, 0], "ps": [0.9, 0.8, 0.2, 0.85, 0.1, 0.5]})
+    result = match(toy, "treat", [], distance=toy["ps"], replace=True)
+    # T1 and T2 both take C1 (0.85); T3 takes C2 (0.1); C3 unused.
+    assert result.match_matrix[:, 0].tolist() == [3, 3, 4]
+    raw = np.array([2.0, 1.0])  # C1 serves two treated, C2 one
+    np.testing.assert_allclose(result.weights[3:5], raw * 2 / raw.sum())
+    assert result.weights[5] == 0
+    assert (result.subclass == 0).all()  # no pairs with replacement, as MatchIt
+
+
+def test_two_to_one_with_replacement_takes_distinct_nearest_controls() -> None:
+    toy = pd.DataFrame({"treat": [1, 0, 0, 0], "ps": [0.5, 0.45, 0.6, 0.1]})
+    result = match(toy, "treat", [], distance=toy["ps"], replace=True, ratio=2)
+    assert sorted(result.match_matrix[0].tolist()) == [1, 2]
+
+
+def test_exact_matching_weights_by_hand() -> None:
+    toy = pd.DataFrame(
+        {
+            "treat": [1, 0, 0, 1, 1, 0, 1],
+            "sex": ["f", "f", "f", "m", "m", "m", "x"],
+        }
+    )
+    result = match(toy, "treat", ["sex"], method="exact")
+    # f: 1 treated, 2 controls -> controls 1/2 each; m: 2 treated, 1 control -> control 2;
+    # x: no control -> treated unmatched. Controls scaled to sum to the 3 matched controls.
+    raw = np.array([0.5, 0.5, 2.0])
+    np.testing.assert_allclose(result.weights[[1, 2, 5]], raw * 3 / raw.sum())
+    assert result.weights[[0, 3, 4]].tolist() == [1.0, 1.0, 1.0]
+    assert result.weights[6] == 0 and result.subclass[6] == 0
+    assert result.summary().loc["unmatched", "treated"] == 1
+
+
+def test_exact_matching_ate_weights_by_hand() -> None:
+    toy = pd.DataFrame({"treat": [1, 0, 0, 1, 1, 0], "g": list("aaabbb")})
+    result = match(toy, "treat", ["g"], method="exact", estimand="ATE")
+    # a: 1 T, 2 C (total 3): T weight 3, C weight 3/2; b: 2 T, 1 C: T 3/2, C 3.
+    treated_raw = np.array([3.0, 1.5, 1.5])
+    control_raw = np.array([1.5, 1.5, 3.0])
+    np.testing.assert_allclose(result.weights[[0, 3, 4]], treated_raw * 3 / treated_raw.sum())
+    np.testing.assert_allclose(result.weights[[1, 2, 5]], control_raw * 3 / control_raw.sum())
+
+
+def test_cem_sturges_bins_by_hand() -> None:
+    # n = 8 rows -> ceiling(log2(8) + 1) = 4 equal bins on [0, 8]: cut points 2, 4, 6, a value
+    # on a cut point going to the upper bin (R's findInterval).
+    toy = pd.DataFrame({"treat": [1, 0, 1, 0, 1, 0, 1, 0], "x": [0, 1.9, 2, 3.9, 4, 6, 7.5, 8]})
+    result = match(toy, "treat", ["x"], method="cem")
+    # bins: {0 T, 1.9 C}, {2 T, 3.9 C}, {4 T} (no control), {6 C, 7.5 T, 8 C}. Control weights
+    # n_t/n_c per bin: 1, 1, 1/2, 1/2, scaled to sum to the 4 matched controls.
+    raw = np.array([1.0, 1.0, 0.5, 0.5])
+    np.testing.assert_allclose(result.weights[[1, 3, 5, 7]], raw * 4 / raw.sum())
+    assert result.weights[[0, 2, 4, 6]].tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert result.subclass[0] == result.subclass[1] != result.subclass[2]
+    assert result.subclass[6] == result.subclass[7] == result.subclass[5]
+
+
+def test_cem_user_cutpoints() -> None:
+    toy = pd.DataFrame({"treat": [1, 0, 1, 0], "x": [1.0, 2.0, 3.0, 9.0]})
+    result = match(toy, "treat", ["x"], method="cem", cutpoints={"x": [2.5]})
+    assert result.subclass[0] == result.subclass[1]
+    assert result.subclass[2] == result.subclass[3]
+
+
+def test_nearest_within_exact_strata() -> None:
+    toy = pd.DataFrame(
+        {"treat": [1, 1, 0, 0, 0], "ps": [0.5, 0.5, 0.51, 0.2, 0.9], "sex": list("fmmfm")}
+    )
+    result = match(toy, "treat", [], distance=toy["ps"], exact=["sex"])
+    # f: T0 can only take C3 (0.2); m: T1 takes C2 (0.51), not C4.
+    assert _pairs(result, ["T0", "T1", "C2", "C3", "C4"]) == {("T0", "C3"), ("T1", "C2")}
+
+
+def test_atc_matches_each_control_to_a_treated_unit() -> None:
+    toy = pd.DataFrame({"treat": [0, 0, 1, 1, 1], "ps": [0.1, 0.4, 0.12, 0.9, 0.45]})
+    result = match(toy, "treat", [], distance=toy["ps"], estimand="ATC")
+    # Smallest first: C0 (0.1) takes T2 (0.12); C1 (0.4) takes T4 (0.45).
+    assert result.weights.tolist() == [1, 1, 1, 0, 1]
+    assert result.subclass[0] == result.subclass[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Against a transliteration of MatchIt's nn_matchC_vec (scan left and right in the joint sort)
+# ---------------------------------------------------------------------------------------------
+
+
+def _matchit_scan(
+    ps: np.ndarray, treat: np.ndarray, ratio: int, caliper: float | None
+) -> list[list[int]]:
+    order_all = sorted(range(len(ps)), key=lambda i: (ps[i], i))
+    pos = {unit: p for p, unit in enumerate(order_all)}
+    treated = [i for i in range(len(ps)) if treat[i] == 1]
+    sequence = sorted(range(len(treated)), key=lambda j: (-ps[treated[j]], j))
+    free = [treat[u] == 0 for u in order_all]
+    out: list[list[int]] = [[] for _ in treated]
+    for _ in range(ratio):
+        for j in sequence:
+            ii = pos[treated[j]]
+            d = ps[treated[j]]
+            left = next((k for k in range(ii - 1, -1, -1) if free[k]), None)
+            right = next((k for k in range(ii + 1, len(ps)) if free[k]), None)
+            if caliper is not None:
+                if left is not None and abs(d - ps[order_all[left]]) > caliper:
+                    left = None
+                if right is not None and abs(ps[order_all[right]] - d) > caliper:
+                    right = None
+            if left is not None and right is not None:
+                k = left if abs(ps[order_all[left]] - d) <= abs(ps[order_all[right]] - d) else right
+            else:
+                k = left if left is not None else right
+            if k is None:
+                continue
+            free[k] = False
+            out[j].append(order_all[k])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 12)), min_size=2, max_size=40).filter(
+        lambda rows: 0 < sum(t for t, _ in rows) < len(rows)
+    ),
+    ratio=st.integers(1, 3),
+    caliper=st.one_of(st.none(), st.sampled_from([0.05, 0.1, 0.3])),
+)
+def test_nearest_equals_matchit_scan_including_ties(data, ratio, caliper) -> None:
+    treat = np.array([t for t, _ in data])
+    ps = np.array([v / 12 for _, v in data])  # a coarse grid: many exact ties
+    expected = _matchit_scan(ps, treat, ratio, caliper)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = match(
+            pd.DataFrame({"treat": treat}),
+            "treat",
+            [],
+            distance=ps,
+            ratio=ratio,
+            caliper=caliper,
+            std_caliper=False,
+        )
+    got = [[int(c) for c in row if c >= 0] for row in result.match_matrix]
+    assert got == expected
+
+
+def test_large_random_problem_equals_matchit_scan() -> None:
+    rng = np.random.default_rng(3)
+    treat = (rng.random(3000) < 0.2).astype(int)
+    ps = np.round(rng.beta(2, 5, 3000) + 0.2 * treat, 3)
+    expected = _matchit_scan(ps, treat, 1, 0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = match(
+            pd.DataFrame({"treat": treat}),
+            "treat",
+            [],
+            distance=ps,
+            caliper=0.01,
+            std_caliper=False,
+        )
+    assert [[int(c) for c in row if c >= 0] for row in result.match_matrix] == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Balance statistics against their definitions
+# ---------------------------------------------------------------------------------------------
+
+
+def test_balance_statistics_by_definition_with_weights() -> None:
+    toy = pd.DataFrame(
+        {
+            "treat": [1, 1, 1, 0, 0, 0, 0],
+            "ps": [0.9, 0.8, 0.2, 0.85, 0.1, 0.5, 0.35],
+            "age": [70.0, 80.0, 60.0, 75.0, 58.0, 50.0, 40.0],
+            "female": [1, 0, 1, 1, 0, 0, 1],
+        }
+    )
+    result = match(toy, "treat", ["age", "female"], distance=toy["ps"], replace=True)
+    table = result.balance().table
+    w = result.weights
+    # Controls used: row 3 twice (raw 2), row 4 once (raw 1) -> weights 4/3 and 2/3.
+    np.testing.assert_allclose(w, [1, 1, 1, 4 / 3, 2 / 3, 0, 0])
+    age_t = np.array([70.0, 80.0, 60.0])
+    sd_t = statistics.stdev(age_t)  # treated SD in the unmatched sample (ATT)
+    mean_c_after = (75 * 4 / 3 + 58 * 2 / 3) / 2
+    assert table.loc["age", "smd_after"] == pytest.approx((age_t.mean() - mean_c_after) / sd_t)
+    assert table.loc["age", "smd_before"] == pytest.approx(
+        (age_t.mean() - np.mean([75, 58, 50, 40])) / sd_t
+    )
+    # Weighted control variance, reliability weights: sum w (x - m)^2 * W / (W^2 - sum w^2).
+    wc = np.array([4 / 3, 2 / 3])
+    xc = np.array([75.0, 58.0])
+    var_c = (wc * (xc - mean_c_after) ** 2).sum() * wc.sum() / (wc.sum() ** 2 - (wc**2).sum())
+    assert table.loc["age", "var_ratio_after"] == pytest.approx(age_t.var(ddof=1) / var_c)
+    # Binary: raw difference in proportions by default (cobalt), 2/3 vs (4/3)/2.
+    assert table.loc["female", "smd_after"] == pytest.approx(2 / 3 - (4 / 3) / 2)
+    # eCDF: treated 60, 70, 80 (1/3 each); controls 58 (1/3), 75 (2/3), 50 and 40 weight 0.
+    # Differences at the sample's distinct values 40, 50, 58, 60, 70, 75, 80:
+    diffs = [0, 0, 1 / 3, 0, 1 / 3, 1 / 3, 0]
+    assert table.loc["age", "ecdf_max_after"] == pytest.approx(max(diffs))
+    assert table.loc["age", "ecdf_mean_after"] == pytest.approx(np.mean(diffs))
+
+
+def test_ate_smd_uses_pooled_sd() -> None:
+    toy = pd.DataFrame({"treat": [1, 1, 0, 0, 0], "x": [1.0, 3.0, 2.0, 4.0, 9.0], "g": [1] * 5})
+    # One CEM bin for x: everyone matched, so only the "before" statistics matter here.
+    result = match(toy, "treat", ["x"], method="cem", cutpoints={"x": 1}, estimand="ATE")
+    table = result.balance().table
+    pooled = math.sqrt((statistics.variance([1, 3]) + statistics.variance([2, 4, 9])) / 2)
+    assert table.loc["x", "smd_before"] == pytest.approx((2 - 5) / pooled)
+
+
+def test_love_plot_draws_before_and_after(lalonde: pd.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = match(lalonde, "treat", LALONDE_COVARIATES).love_plot()
+    assert len(ax.collections) == 2
+    assert [t.get_text() for t in ax.get_yticklabels()][-1] == "distance"
+
+
+# ---------------------------------------------------------------------------------------------
+# Effect estimation
+# ---------------------------------------------------------------------------------------------
+
+
+def test_difference_estimate_and_pair_clustered_se_by_hand(lalonde: pd.DataFrame) -> None:
+    result = match(lalonde, "treat", LALONDE_COVARIATES)
+    effect = result.estimate("re78")
+    m = result.matched
+    y, t, g = m["re78"].to_numpy(), m["treat"].to_numpy(), m["subclass"].to_numpy()
+    assert effect.estimate == pytest.approx(y[t == 1].mean() - y[t == 0].mean())
+    # CR1 sandwich (sandwich::vcovCL default): (X'X)^-1 sum_g X_g'u_g u_g'X_g (X'X)^-1
+    # * G/(G-1) * (N-1)/(N-K).
+    x = np.column_stack([np.ones_like(t), t]).astype(float)
+    beta = np.linalg.solve(x.T @ x, x.T @ y)
+    u = y - x @ beta
+    meat = np.zeros((2, 2))
+    for cluster in np.unique(g):
+        s = x[g == cluster].T @ u[g == cluster]
+        meat += np.outer(s, s)
+    bread = np.linalg.inv(x.T @ x)
+    n, k, n_g = len(y), 2, len(np.unique(g))
+    vcov = bread @ meat @ bread * n_g / (n_g - 1) * (n - 1) / (n - k)
+    assert effect.std_error == pytest.approx(math.sqrt(vcov[1, 1]), rel=1e-9)
+    assert effect.n_clusters == 185
+    assert effect.conf_low < effect.estimate < effect.conf_high
+
+
+def test_poisson_rate_ratio_is_ratio_of_weighted_means() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    data = pd.DataFrame({"treat": np.repeat([1, 0], n // 2), "ps": rng.random(n)})
+    data["visits"] = rng.poisson(np.where(data["treat"] == 1, 3.0, 2.0))
+    result = match(data, "treat", [], distance=data["ps"], ratio=1)
+    effect = result.estimate("visits", model="poisson")
+    m = result.matched
+    expected = m.loc[m.treat == 1, "visits"].mean() / m.loc[m.treat == 0, "visits"].mean()
+    assert effect.estimate == pytest.approx(expected, rel=1e-8)
+    assert effect.scale == "rate ratio"
+    assert effect.covers(1.5)
+
+
+def test_cox_recovers_a_known_hazard_ratio() -> None:
+    rng = np.random.default_rng(11)
+    n = 3000
+    data = pd.DataFrame({"treat": np.repeat([1, 0], n // 2), "ps": rng.random(n)})
+    hazard = np.where(data["treat"] == 1, 0.2, 0.1)  # true HR 2
+    event_time = rng.exponential(1 / hazard)
+    data["time"] = np.minimum(event_time, 5.0)
+    data["died"] = (event_time <= 5.0).astype(int)
+    effect = match(data, "treat", [], distance=data["ps"]).estimate(
+        "died", model="cox", time="time"
+    )
+    assert effect.scale == "hazard ratio"
+    assert effect.covers(2.0)
+    assert 1.6 < effect.estimate < 2.5
+
+
+def test_cox_refuses_unequal_weights() -> None:
+    toy = pd.DataFrame(
+        {
+            "treat": [1, 1, 1, 0, 0],
+            "ps": [0.9, 0.8, 0.15, 0.85, 0.1],
+            "t": [1, 2, 3, 4, 5],
+            "e": [1, 0, 1, 1, 0],
+        }
+    )
+    result = match(toy, "treat", [], distance=toy["ps"], replace=True)
+    with pytest.raises(MatchingError, match="equal matching weights"):
+        result.estimate("e", model="cox", time="t")
+
+
+def test_effect_to_frame_and_summary(lalonde: pd.DataFrame) -> None:
+    effect = match(lalonde, "treat", LALONDE_COVARIATES).estimate("re78")
+    frame = effect.to_frame()
+    assert frame.loc[0, "estimate"] == effect.estimate
+    assert list(effect.summary().columns)[:3] == ["outcome", "scale", "estimate"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def test_missing_treatment_values_are_named() -> None:
+    toy = pd.DataFrame({"treat": [1, None, 0], "x": [1, 2, 3]})
+    with pytest.raises(
+        MatchingError, match=r"'treat' has 1 missing values \(first row labels \[1\]\)"
+    ):
+        match(toy, "treat", ["x"])
+
+
+def test_non_binary_treatment_is_refused() -> None:
+    toy = pd.DataFrame({"treat": [1, 2, 0], "x": [1, 2, 3]})
+    with pytest.raises(MatchingError, match="must hold 0/1"):
+        match(toy, "treat", ["x"])
+
+
+def test_missing_covariate_values_are_named() -> None:
+    toy = pd.DataFrame({"treat": [1, 0, 0], "x": [1.0, np.nan, 3.0]})
+    with pytest.raises(MatchingError, match="Covariate 'x' has 1 missing"):
+        match(toy, "treat", ["x"])
+
+
+def test_unknown_column_and_method_are_named() -> None:
+    toy = pd.DataFrame({"treat": [1, 0, 0], "x": [1.0, 2.0, 3.0]})
+    with pytest.raises(MatchingError, match=r"Covariates \['age'\] are not in the data"):
+        match(toy, "treat", ["age"])
+    with pytest.raises(MatchingError, match="'method' parameter of match must be one of"):
+        match(toy, "treat", ["x"], method="optimal")
+    with pytest.raises(MatchingError, match="ATT or ATC"):
+        match(toy, "treat", ["x"], estimand="ATE")
+
+
+def test_propensity_model_rejects_collinear_covariates() -> None:
+    x = np.array([[1.0, 2.0], [2.0, 4.0], [3.0, 6.0], [4.0, 8.0]])
+    with pytest.raises(MatchingError, match="rank deficient"):
+        fit_propensity_score(x, np.array([0, 1, 0, 1]))
+
+
+def test_match_accepts_a_cohort_study_like_object(lalonde: pd.DataFrame) -> None:
+    class Study:
+        data = lalonde
+        treatment = "treat"
+        covariates = ("age", "educ", "race", "married", "nodegree", "re74", "re75")
+
+    result = match(Study())
+    assert result.summary().loc["matched", "control"] == 185
