@@ -175,10 +175,10 @@ class _OutputPolicy(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     threshold: int | None = Field(None, ge=1)
-    rounding: int | None = Field(None, ge=1)
+    rounding: bool | int | None = None
     dominance_n: int | None = Field(None, ge=1)
     dominance_k: float | None = Field(None, gt=0, le=1)
-    p_ratio: float | None = Field(None, ge=0, le=1)
+    p_ratio: float | None = Field(None, ge=0, lt=1)
     min_dof: int | None = Field(None, ge=0)
     preset: str | None = None
 
@@ -232,7 +232,7 @@ class Proposal(_Strict):
             if not columns:
                 problems.append(f"{name}: empty column list (use 'all' or name the columns)")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return value
 
     @field_validator("notebooks")
@@ -306,7 +306,7 @@ def _format_validation(where: str, exc: ValidationError) -> str:
             msg = "expected a list of column names or 'all'"
         if loc == "tables" and ": " in msg:
             # one message per table: "tables.<table>: unknown column ..."
-            for part in msg.split("; "):
+            for part in msg.split("\n"):
                 table, _, detail = part.partition(": ")
                 lines.append(f"{where}: tables.{table}: {detail}")
             continue
