@@ -954,13 +954,34 @@ def _sigma_adjustment(
     return (first + sign * adj / 8) / last / population * multiplier
 
 
+def _series_tail_mass(mean: np.ndarray) -> np.ndarray:
+    """Poisson mass the funnel tool's series leaves out: ``P(X >= K)``.
+
+    The Fingertips tool (and PHEindicatormethods' ``poisson_cis``) sums ``mean^k / k!`` from
+    ``k = 0`` and stops at the first ``K > mean`` whose term is at most ``1e-10`` of the running
+    total; probabilities are then ratios of partial sums. Reproducing the cut-off keeps the
+    bisection below on exactly the same side as the reference at every step.
+    """
+    mean = np.asarray(mean, dtype=float)
+    # Beyond the mean the stopping rule is monotone in k, so bisect on the integer cut-off.
+    low = np.floor(mean) + 1
+    high = low + np.ceil(12 * np.sqrt(np.maximum(mean, 1.0)) + 60)
+    while (high > low).any():
+        mid = np.floor((low + high) / 2)
+        stop = _sps.poisson.pmf(mid, mean) <= 1e-10 * _sps.poisson.cdf(mid - 1, mean)
+        high = np.where(stop, mid, high)
+        low = np.where(stop, low, mid + 1)
+    return _sps.poisson.sf(low - 1, mean)
+
+
 def _poisson_funnel(obs: np.ndarray, p: float, side: str) -> np.ndarray:
     """Poisson mean at which ``obs`` sits at tail probability ``p`` (the funnel's x-position).
 
     Replicates the Fingertips funnel-plot tool's bisection on ``v`` with mean
-    ``(1 + obs) v / (1 - v)`` (23 halvings from 0.5 down to ``dv <= 1e-7``), vectorised over all
-    points at once, so that limits agree with PHEindicatormethods to its own precision. "low"
-    finds the mean with ``P(X >= obs) = p``, "high" the mean with ``P(X <= obs) = p``.
+    ``(1 + obs) v / (1 - v)`` (23 halvings from 0.5 down to ``dv <= 1e-7``) and its truncated
+    Poisson series, vectorised over all points at once, so that limits agree with
+    PHEindicatormethods to its own precision. "low" finds the mean with ``P(X >= obs) = p``,
+    "high" the mean with ``P(X <= obs) = p``.
     """
     obs = np.asarray(obs, dtype=float)
     v = np.full(obs.shape, 0.5)
@@ -968,10 +989,13 @@ def _poisson_funnel(obs: np.ndarray, p: float, side: str) -> np.ndarray:
     while dv > 1e-7:
         dv /= 2
         mean = (1 + obs) * v / (1 - v)
+        left_out = _series_tail_mass(mean)
         if side == "low":
-            too_big = _sps.poisson.sf(obs - 1, mean) > p
+            prob = (_sps.poisson.sf(obs - 1, mean) - left_out) / (1 - left_out)
+            too_big = prob > p
         else:
-            too_big = _sps.poisson.cdf(obs, mean) < p
+            prob = _sps.poisson.cdf(obs, mean) / (1 - left_out)
+            too_big = prob < p
         v = np.where(too_big, v - dv, v + dv)
     return (1 + obs) * v / (1 - v)
 
