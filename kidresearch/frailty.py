@@ -231,22 +231,37 @@ def _category_expr(count: ir.IntegerValue) -> ir.IntegerValue:
     )
 
 
-def release(frame: pd.DataFrame, *, counts: Sequence[str], name: str) -> pd.DataFrame:
-    """Pass a table of counts through disclosure control (``kidresearch.sdc``) for release.
+def release(
+    frame: pd.DataFrame, *, counts: Sequence[str], name: str, keys: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Pass the count columns of a tidy table through disclosure control (``kidresearch.sdc``).
 
-    Falls back to the unchecked table with a logged warning when ``kidresearch.sdc`` is not
-    installed in this build, so that development against a partial tree keeps working.
+    Each count column is checked with :func:`kidresearch.sdc.check_table` (one cell per row,
+    labelled by ``keys``, default the non-numeric columns); suppressed cells become missing
+    and a ``<count>_status`` column says why. Other columns pass through unchanged, so callers
+    must blank anything derived from a suppressed count.
     """
-    try:
-        from kidresearch import sdc
-    except ImportError:
-        sdc = None
-    check_table = getattr(sdc, "check_table", None)
-    if check_table is None:
-        log.warning("kidresearch.sdc is not available: '%s' was NOT disclosure-checked", name)
-        return frame
-    checked = check_table(frame, counts=list(counts))
-    return checked.released
+    from kidresearch import sdc
+
+    out = frame.reset_index(drop=True).copy()
+    if keys is None:
+        keys = [
+            c for c in out.columns if c not in counts and not pd.api.types.is_float_dtype(out[c])
+        ]
+    keys = list(keys)
+    for column in counts:
+        cells = out[[*keys, column]].copy()
+        cells[column] = cells[column].fillna(0).astype("int64")
+        checked = sdc.check_table(
+            cells, counts=column, keys=keys, margins=False, name=f"{name}:{column}"
+        ).to_frame()
+        checked = checked[[*keys, "released", "status"]].rename(
+            columns={"released": f"_{column}", "status": f"{column}_status"}
+        )
+        merged = out[keys].merge(checked, on=keys, how="left", validate="one_to_one")
+        out[column] = merged[f"_{column}"].to_numpy()
+        out[f"{column}_status"] = merged[f"{column}_status"].to_numpy()
+    return out
 
 
 def _slug(text: str) -> str:
