@@ -60,6 +60,18 @@ REFERENCE_CODES: dict[str, tuple[str, str]] = {
 }
 
 
+_INTEGER_TEXT = r"[+-]?[0-9]+"
+_STRICT_TEXT = {
+    "TINYINT": _INTEGER_TEXT,
+    "SMALLINT": _INTEGER_TEXT,
+    "INTEGER": _INTEGER_TEXT,
+    "BIGINT": _INTEGER_TEXT,
+    "DATE": r"[0-9]{4}-[0-9]{2}-[0-9]{2}",
+    "DOUBLE": r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?",
+    "BOOLEAN": r"(?i)(true|false)",
+}
+
+
 def duckdb_type(dtype: str) -> str:
     """The DuckDB type of a data-dictionary dtype."""
     return _DUCKDB_TYPES[dtype]
@@ -103,6 +115,14 @@ def typed_expression(column: Column, source_type: str | None) -> str:
         text = f"NULLIF(trim({name}), '')"
         if target == "VARCHAR":
             return text
+        # Text is parsed strictly: DuckDB would otherwise round '12.5' into an integer and
+        # accept dates such as '2026-1-5'.
+        strict = _STRICT_TEXT.get(target)
+        if strict:
+            return (
+                f"CASE WHEN regexp_full_match({text}, '{strict}') "
+                f"THEN TRY_CAST({text} AS {target}) END"
+            )
         return f"TRY_CAST({text} AS {target})"
     return f"TRY_CAST({name} AS {target})"
 
