@@ -559,16 +559,21 @@ def _standard_weights(
     row_group: np.ndarray,
     func: str,
     role: str,
+    allow_na: bool = False,
 ) -> np.ndarray:
-    """Per-row standard (or reference) values for ``standard`` given as name, Series or vector."""
-    if isinstance(standard, str) and standard != "esp2013":
+    """Per-row standard (or reference) values for ``standard`` given as name, Series or vector.
+
+    A string names a column of ``data`` (a column called "esp2013" wins over the built-in
+    ESP 2013, as in PHEindicatormethods' examples); "esp2013" otherwise means the built-in.
+    """
+    if isinstance(standard, str) and (standard != "esp2013" or standard in data.columns):
         if standard not in data.columns:
             raise StatsError(
                 f"{func}: '{role}' must be 'esp2013', a column of data, a Series indexed by age "
                 f"band or a vector in age-band order. Column '{standard}' not found."
             )
-        return _numeric(data, standard, func)
-    if isinstance(standard, str):  # "esp2013"
+        return _numeric(data, standard, func, allow_na=allow_na)
+    if isinstance(standard, str):  # "esp2013" and no column of that name
         esp = european_standard_population()
         standard = pd.Series(esp["population"].to_numpy(float), index=esp["age_band"])
     if age_band_col is not None:
@@ -797,6 +802,7 @@ def isr(
     kind: Literal["ratio", "rate"] = "ratio",
     multiplier: float = 100_000,
     observed_totals: pd.DataFrame | None = None,
+    count_na_as_zero: bool = False,
 ) -> pd.DataFrame:
     """Indirectly standardised ratios (SMR-like) or rates (``calculate_ISRatio``/``ISRate``).
 
@@ -833,6 +839,9 @@ def isr(
     observed_totals : pandas.DataFrame, optional
         Observed totals per group when ``data`` has no age breakdown of events: the ``by``
         columns plus column ``x``.
+    count_na_as_zero : bool, default False
+        PHEindicatormethods counts missing observed events, populations and reference events as
+        zero; by default they are an error here, so a gap is never mistaken for a zero.
 
     Returns
     -------
@@ -866,8 +875,12 @@ def isr(
     data, codes = _sorted_by_group(data, codes)
     n_groups = len(keys)
     sizes = np.bincount(codes, minlength=n_groups)
-    ns = _numeric(data, n, func)
-    xr = _standard_weights(data, x_ref, age_band, sizes, codes, func, "x_ref")
+    ns = np.nan_to_num(_numeric(data, n, func, allow_na=count_na_as_zero), nan=0.0)
+    xr = _standard_weights(
+        data, x_ref, age_band, sizes, codes, func, "x_ref", allow_na=count_na_as_zero
+    )
+    if count_na_as_zero:
+        xr = np.nan_to_num(xr, nan=0.0)
     nr = _standard_weights(data, n_ref, age_band, sizes, codes, func, "n_ref")
     if np.isnan(nr).any() or (nr <= 0).any():
         bad = np.isnan(nr) | (nr <= 0)
@@ -884,7 +897,8 @@ def isr(
     expected = _groupsum(codes, xr / nr * ns, n_groups)
     out = keys.copy()
     if observed_totals is None:
-        observed = _groupsum(codes, _numeric(data, x, func), n_groups)
+        xs = _numeric(data, x, func, allow_na=count_na_as_zero)
+        observed = _groupsum(codes, np.nan_to_num(xs, nan=0.0), n_groups)
     else:
         _require_columns(observed_totals, [x, *by_cols], f"{func} (observed_totals)")
         obs = _numeric(observed_totals, x, f"{func} (observed_totals)")

@@ -589,3 +589,19 @@ def test_age_band_feeds_dsr_with_esp_default() -> None:
     out = stats.dsr(table, "x", "n", age_band="band")
     expected = (10 / 2 * 5000 + 20 / 3 * 5500 + 10 / 1 * 1000) / (5000 + 5500 + 1000) * 1e5
     assert out.loc[0, "value"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_isr_missing_counts_are_errors_unless_counted_as_zero() -> None:
+    data = pd.DataFrame({"x": [10, None], "n": [1000, 500]})
+    with pytest.raises(StatsError, match="column 'x' has 1 missing value"):
+        stats.isr(data, "x", "n", x_ref=[50, 200], n_ref=[10_000, 5_000])
+    out = stats.isr(data, "x", "n", x_ref=[50, 200], n_ref=[10_000, 5_000], count_na_as_zero=True)
+    assert out.loc[0, "observed"] == 10  # PHEindicatormethods' documented NA-as-zero rule
+    assert out.loc[0, "expected"] == pytest.approx(25.0)
+
+
+def test_dsr_standard_column_named_esp2013_is_used_as_a_column() -> None:
+    # PHEindicatormethods' examples append the ESP as a column called esp2013.
+    data = pd.DataFrame({"x": [10, 30], "n": [1000, 2000], "esp2013": [1.0, 3.0]})
+    out = stats.dsr(data, "x", "n", standard="esp2013")
+    assert out.loc[0, "value"] == pytest.approx((0.01 * 1 + 0.015 * 3) / 4 * 1e5)
