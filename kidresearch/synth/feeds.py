@@ -148,7 +148,6 @@ class Reference:
 
 
 # ------------------------------------------------------------------------------ NHS numbers
-_NHS_WEIGHTS = np.array([10, 9, 8, 7, 6, 5, 4, 3, 2], dtype=np.int64)
 _NHS_PERM_MOD = 250_000_000
 _NHS_PERM_MUL = 104_729  # prime, coprime with the modulus, so the map is a permutation
 
@@ -159,8 +158,12 @@ def nhs_check_digit(body: np.ndarray) -> np.ndarray:
     >>> int(nhs_check_digit(np.array([943476591]))[0])
     9
     """
-    digits = (body[:, None] // 10 ** np.arange(8, -1, -1)) % 10
-    remainder = (digits * _NHS_WEIGHTS).sum(axis=1) % 11
+    rest = np.asarray(body, dtype=np.int64).copy()
+    total = np.zeros(len(rest), dtype=np.int64)
+    for weight in range(2, 11):  # nine digits, last digit has weight 2
+        total += (rest % 10) * weight
+        rest //= 10
+    remainder = total % 11
     check = 11 - remainder
     return np.where(check == 11, 0, check)
 
@@ -204,9 +207,66 @@ class FeedRows:
     serial: np.ndarray  # record number within the chunk (record_id = prefix + serial)
 
 
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    keys = parts[0].keys()
-    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+@dataclass(frozen=True)
+class Cat:
+    """A categorical string column: integer codes into a small array of labels.
+
+    Building Arrow strings from codes (a dictionary array cast to string) is much faster than
+    from numpy unicode arrays, which matters at Kent scale.
+    """
+
+    codes: np.ndarray
+    labels: np.ndarray
+
+    def __getitem__(self, idx: Any) -> Cat:
+        return Cat(self.codes[idx], self.labels)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def copy(self) -> Cat:
+        return Cat(self.codes.copy(), self.labels)
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.labels[self.codes]
+
+    def code_of(self, label: str) -> int:
+        hit = np.flatnonzero(self.labels == label)
+        return int(hit[0]) if hit.size else -1
+
+    def with_label(self, label: str) -> tuple[Cat, int]:
+        """This column with ``label`` added to its labels (if absent) and that label's code."""
+        code = self.code_of(label)
+        if code >= 0:
+            return self, code
+        return Cat(self.codes, np.append(self.labels, label)), len(self.labels)
+
+    def set(self, idx: np.ndarray, label: str) -> Cat:
+        out, code = self.with_label(label)
+        codes = out.codes.copy()
+        codes[idx] = code
+        return Cat(codes, out.labels)
+
+
+def categorical(labels: np.ndarray | list[str], codes: np.ndarray) -> Cat:
+    return Cat(np.asarray(codes, dtype=np.int32), np.asarray(labels, dtype=str))
+
+
+def _concat_values(parts: list[Any]) -> Any:
+    """Concatenate numpy arrays or Cat columns (labels unified when they differ)."""
+    if not isinstance(parts[0], Cat):
+        return np.concatenate(parts)
+    labels = parts[0].labels
+    for part in parts[1:]:
+        for lab in part.labels:
+            if lab not in labels:
+                labels = np.append(labels, lab)
+    codes = []
+    for part in parts:
+        mapping = np.array([int(np.flatnonzero(labels == lab)[0]) for lab in part.labels])
+        codes.append(mapping[part.codes] if len(mapping) else part.codes)
+    return Cat(np.concatenate(codes).astype(np.int32), labels)
 
 
 @dataclass
@@ -485,8 +545,8 @@ class ChunkSimulator:
         month = self.extract_month(day, pid)
         return FeedRows(cols, pid, month, np.arange(len(pid), dtype=np.int64))
 
-    def _trust(self, pid: np.ndarray) -> np.ndarray:
-        return DISTRICT_TRUST[self.geo.lsoa_district[self.p.lsoa[pid]]]
+    def _trust(self, pid: np.ndarray) -> Cat:
+        return categorical(DISTRICT_TRUST, self.geo.lsoa_district[self.p.lsoa[pid]])
 
     def inpatient_spells(self) -> FeedRows:
         p, rng, scn = self.p, self.rng, self.scn
@@ -499,23 +559,32 @@ class ChunkSimulator:
         los = rng.negative_binomial(1.2, 1.2 / (1.2 + mean_los))
         los = np.minimum(los, np.maximum(p.end_excl[e_pid] - 1 - e_day, 0))
         via_ae = rng.random(n) < 0.7
+        method_labels = np.concatenate([["21"], EMERGENCY_METHODS_NOT_AE, ["11", "12", "13"]])
         method = np.where(
             via_ae,
-            "21",
-            rng.choice(EMERGENCY_METHODS_NOT_AE, size=n, p=EMERGENCY_METHODS_NOT_AE_P),
+            0,
+            1 + rng.choice(len(EMERGENCY_METHODS_NOT_AE), size=n, p=EMERGENCY_METHODS_NOT_AE_P),
         )
         practice = self._practice_on(e_pid, e_day)
         ratio = np.where(self.geo.practice_acsc[practice], scn.acsc.rate_ratio, 1.0)
         is_acsc = rng.random(n) < scn.acsc.base_share * ratio
         chronic = rng.random(n) < 0.5
+        n_ch, n_ac, n_no = (
+            len(ACSC_CHRONIC_CODES),
+            len(ACSC_ACUTE_CODES),
+            len(NON_ACSC_EMERGENCY_CODES),
+        )
+        diag_labels = np.concatenate(
+            [ACSC_CHRONIC_CODES, ACSC_ACUTE_CODES, NON_ACSC_EMERGENCY_CODES, ELECTIVE_CODES]
+        )
         diag = np.where(
             is_acsc,
             np.where(
                 chronic,
-                rng.choice(ACSC_CHRONIC_CODES, n),
-                rng.choice(ACSC_ACUTE_CODES, n),
+                rng.integers(0, n_ch, n),
+                n_ch + rng.integers(0, n_ac, n),
             ),
-            rng.choice(NON_ACSC_EMERGENCY_CODES, n),
+            n_ch + n_ac + rng.integers(0, n_no, n),
         )
         acsc = np.zeros((self.geo.n_practices, 2), dtype=np.int64)
         np.add.at(acsc[:, 0], practice[is_acsc], 1)
@@ -535,7 +604,7 @@ class ChunkSimulator:
         m = len(l_pid)
         l_los = np.where(rng.random(m) < 0.7, 0, 1 + rng.geometric(0.4, m))
         l_los = np.minimum(l_los, np.maximum(p.end_excl[l_pid] - 1 - l_day, 0))
-        l_method = rng.choice(np.array(["11", "12", "13"]), size=m, p=[0.6, 0.3, 0.1])
+        l_method = len(method_labels) - 3 + rng.choice(3, size=m, p=[0.6, 0.3, 0.1])
         pid = np.concatenate([e_pid, l_pid])
         day = np.concatenate([e_day, l_day])
         los_all = np.concatenate([los, l_los]).astype(np.int32)
@@ -544,8 +613,18 @@ class ChunkSimulator:
             "provider_code": self._trust(pid),
             "admission_date": day,
             "discharge_date": day + los_all,
-            "admission_method": np.concatenate([method, l_method]),
-            "primary_diagnosis_icd10": np.concatenate([diag, rng.choice(ELECTIVE_CODES, m)]),
+            "admission_method": categorical(method_labels, np.concatenate([method, l_method])),
+            "primary_diagnosis_icd10": categorical(
+                diag_labels,
+                np.concatenate(
+                    [
+                        diag,
+                        len(diag_labels)
+                        - len(ELECTIVE_CODES)
+                        + rng.integers(0, len(ELECTIVE_CODES), m),
+                    ]
+                ),
+            ),
             "los_days": los_all,
         }
         _add(self.truth.counts, "emergency_spells", n)
@@ -575,20 +654,18 @@ class ChunkSimulator:
             parts_day.append(b)
         pid, day = np.concatenate(parts_pid), np.concatenate(parts_day)
         n, n_adm = len(pid), len(self.em_via_ae_pid)
-        dept = rng.choice(np.array(["1", "2", "3", "4"]), size=n, p=[0.6, 0.01, 0.35, 0.04])
-        dept[:n_adm] = "1"
-        disposal = rng.choice(
-            np.array(["discharged", "referred", "left", "transferred"]),
-            size=n,
-            p=[0.72, 0.15, 0.08, 0.05],
-        )
-        disposal[:n_adm] = "admitted"
+        dept = rng.choice(4, size=n, p=[0.6, 0.01, 0.35, 0.04])
+        dept[:n_adm] = 0
+        disposal = 1 + rng.choice(4, size=n, p=[0.72, 0.15, 0.08, 0.05])
+        disposal[:n_adm] = 0
         self.ae_pid_all, self.ae_day_all = pid, day
         cols = {
             "provider_code": self._trust(pid),
             "arrival_date": day,
-            "department_type": dept,
-            "disposal": disposal,
+            "department_type": categorical(["1", "2", "3", "4"], dept),
+            "disposal": categorical(
+                ["admitted", "discharged", "referred", "left", "transferred"], disposal
+            ),
         }
         return self._rows(cols, pid, day)
 
@@ -610,10 +687,10 @@ class ChunkSimulator:
         )
         cols = {
             "date_of_birth": p.dob[pid],
-            "sex": np.where(p.male[pid], "M", "F"),
-            "postcode_lsoa": self.geo.lsoa_code[p.lsoa[pid]],
+            "sex": categorical(["F", "M"], p.male[pid].astype(np.int32)),
+            "postcode_lsoa": categorical(self.geo.lsoa_code, p.lsoa[pid]),
             "uprn": uprn,
-            "practice_code": self.geo.practice_code[practice],
+            "practice_code": categorical(self.geo.practice_code, practice),
             "registration_start": start,
             "registration_end": end,
         }
@@ -639,7 +716,7 @@ class ChunkSimulator:
         first[end_col] = np.where(same, end, NULL_DAY)
         upd = np.flatnonzero(has_end & ~same)
         serial = np.arange(len(pid), dtype=np.int64)
-        all_cols = {k: np.concatenate([first[k], cols[k][upd]]) for k in cols}
+        all_cols = {k: _concat_values([first[k], cols[k][upd]]) for k in cols}
         _add(
             self.truth.counts,
             f"episode_updates_{feed}",
@@ -656,7 +733,9 @@ class ChunkSimulator:
         p, rng = self.p, self.rng
         pid = np.flatnonzero(p.death_day >= 0)
         day = p.death_day[pid]
-        cause = rng.choice(DEATH_CAUSES, size=len(pid), p=DEATH_CAUSE_P)
+        cause = categorical(
+            DEATH_CAUSES, rng.choice(len(DEATH_CAUSES), size=len(pid), p=DEATH_CAUSE_P)
+        )
         self.death_cause = cause
         _add(self.truth.counts, "deaths", len(pid))
         cols = {"date_of_death": day, "underlying_cause_icd10": cause}
@@ -673,7 +752,7 @@ class ChunkSimulator:
         pick = np.floor(rng.random(len(di)) * ncodes[di]).astype(np.int64)
         flat = np.concatenate(ref.deficit_codes)
         offset = np.concatenate([[0], np.cumsum(ncodes)[:-1]])
-        code = flat[offset[di] + pick]
+        code = offset[di] + pick
         # A fifth of deficits are coded again later (another code of the same deficit).
         again = rng.random(len(di)) < 0.2
         lo = np.maximum(day[again], np.maximum(p.reg_start[pi[again]], cal.start_day))
@@ -682,7 +761,7 @@ class ChunkSimulator:
         r_pid = pi[again][ok]
         r_day = self.uniform_days(lo[ok], hi[ok])
         r_di = di[again][ok]
-        r_code = flat[offset[r_di] + np.floor(rng.random(len(r_di)) * ncodes[r_di]).astype(int)]
+        r_code = offset[r_di] + np.floor(rng.random(len(r_di)) * ncodes[r_di]).astype(int)
         # Consultations per model year.
         c_pid, c_day = [], []
         for yr in self.years:
@@ -695,7 +774,9 @@ class ChunkSimulator:
             c_pid.append(a)
             c_day.append(b)
         cp, cd = np.concatenate(c_pid), np.concatenate(c_day)
-        c_code = rng.choice(ref.consultation_codes, size=len(cp), p=ref.consultation_p)
+        c_code = len(flat) + rng.choice(
+            len(ref.consultation_codes), size=len(cp), p=ref.consultation_p
+        )
         self.gp_consult_pid, self.gp_consult_day = cp, cd
         pid = np.concatenate([pi, r_pid, cp])
         days = np.concatenate([day, r_day, cd])
@@ -704,9 +785,9 @@ class ChunkSimulator:
         _add(self.truth.counts, "gp_deficit_codings", int(len(pi) + len(r_pid)))
         _add(self.truth.counts, "gp_consultations", int(len(cp)))
         cols = {
-            "practice_code": self.geo.practice_code[practice],
+            "practice_code": categorical(self.geo.practice_code, practice),
             "event_date": days,
-            "snomed_code": codes,
+            "snomed_code": categorical(np.concatenate([flat, ref.consultation_codes]), codes),
         }
         return self._rows(cols, pid, days)
 
@@ -741,9 +822,9 @@ class ChunkSimulator:
         self.rx_pid, self.rx_day, self.rx_cost = pid, day, cost
         _add(self.truth.counts, "prescription_items", len(pid))
         cols = {
-            "practice_code": self.geo.practice_code[self._practice_on(pid, day)],
+            "practice_code": categorical(self.geo.practice_code, self._practice_on(pid, day)),
             "issue_date": day,
-            "bnf_code": ref.drug_code[slot],
+            "bnf_code": categorical(ref.drug_code, slot),
             "bnf_chapter": ref.drug_chapter[slot].astype(np.int8),
             "quantity": quantity,
             "cost_gbp": cost,
@@ -761,16 +842,17 @@ class ChunkSimulator:
         pid = np.concatenate([a for a, _ in parts])
         day = np.concatenate([b for _, b in parts])
         n = len(pid)
-        status = rng.choice(
-            np.array(["5", "6", "3", "2", "4", "7"]),
-            size=n,
-            p=[0.78, 0.04, 0.07, 0.05, 0.05, 0.01],
+        status = categorical(
+            ["5", "6", "3", "2", "4", "7"],
+            rng.choice(6, size=n, p=[0.78, 0.04, 0.07, 0.05, 0.05, 0.01]),
         )
         self.op_pid, self.op_day, self.op_status = pid, day, status
         cols = {
             "provider_code": self._trust(pid),
             "appointment_date": day,
-            "treatment_function_code": rng.choice(TREATMENT_FUNCTIONS, n),
+            "treatment_function_code": categorical(
+                TREATMENT_FUNCTIONS, rng.integers(0, len(TREATMENT_FUNCTIONS), n)
+            ),
             "first_attendance": rng.random(n) < 0.35,
             "attendance_status": status,
         }
@@ -789,7 +871,7 @@ class ChunkSimulator:
         pid = np.concatenate([a for a, _ in parts])
         day = np.concatenate([b for _, b in parts])
         service = rng.choice(
-            COMMUNITY_SERVICES, size=len(pid), p=[0.4, 0.2, 0.12, 0.18, 0.05, 0.05]
+            len(COMMUNITY_SERVICES), size=len(pid), p=[0.4, 0.2, 0.12, 0.18, 0.05, 0.05]
         )
         # Integrated frailty team: rapid-response contacts in the 12 months after enrolment.
         ft = self.scn.programmes.integrated_frailty_team
@@ -803,7 +885,7 @@ class ChunkSimulator:
         _add(self.truth.counts, "ft_team_contacts", len(t_pid))
         pid = np.concatenate([pid, t_pid])
         day = np.concatenate([day, t_day])
-        service = np.concatenate([service, np.full(len(t_pid), "rapid_response")])
+        service = categorical(COMMUNITY_SERVICES, np.concatenate([service, np.full(len(t_pid), 5)]))
         self.cm_pid, self.cm_day, self.cm_service = pid, day, service
         cols = {
             "contact_date": day,
@@ -820,7 +902,9 @@ class ChunkSimulator:
             parts.append(self.poisson_events(yr, rate))
         pid = np.concatenate([a for a, _ in parts])
         day = np.concatenate([b for _, b in parts])
-        team = rng.choice(MH_TEAMS, size=len(pid), p=[0.4, 0.08, 0.17, 0.3, 0.05])
+        team = categorical(
+            MH_TEAMS, rng.choice(len(MH_TEAMS), size=len(pid), p=[0.4, 0.08, 0.17, 0.3, 0.05])
+        )
         self.mh_pid, self.mh_day, self.mh_team = pid, day, team
         return self._rows({"contact_date": day, "team_type": team}, pid, day)
 
@@ -836,7 +920,7 @@ class ChunkSimulator:
             parts.append(self.poisson_events(yr, rate))
         pid = np.concatenate([a for a, _ in parts])
         day = np.concatenate([b for _, b in parts])
-        kind = rng.choice(OOH_TYPES, size=len(pid), p=[0.6, 0.3, 0.1])
+        kind = categorical(OOH_TYPES, rng.choice(len(OOH_TYPES), size=len(pid), p=[0.6, 0.3, 0.1]))
         self.ooh_pid, self.ooh_day, self.ooh_type = pid, day, kind
         return self._rows({"contact_date": day, "contact_type": kind}, pid, day)
 
@@ -846,7 +930,7 @@ class ChunkSimulator:
         for yr in self.years:
             idx, age, cat = yr["idx"], yr["age"], yr["cat"]
             old = age >= 65
-            depf = np.exp(1.5 * act.deprivation_per_quintile * yr["dep"])
+            depf = np.exp(act.deprivation_per_quintile * yr["dep"])
             h_home = act.home_care_start_base * np.exp(0.9 * cat + 0.04 * (age - 80)) * depf
             h_care = act.care_home_start_base * np.exp(1.0 * cat + 0.07 * (age - 80)) * depf
             h_home = np.where(old, h_home, h_home * 0.05)
@@ -870,16 +954,14 @@ class ChunkSimulator:
         start = np.concatenate(start_parts)
         kind = np.concatenate(kind_parts)
         n = len(pid)
-        service = np.where(
+        sc_labels = np.array(["home_care", "day_care", "direct_payment", "residential", "nursing"])
+        code = np.where(
             kind == 1,
-            np.where(rng.random(n) < 0.6, "residential", "nursing"),
-            rng.choice(
-                np.array(["home_care", "day_care", "direct_payment"]), n, p=[0.85, 0.07, 0.08]
-            ),
+            np.where(rng.random(n) < 0.6, 3, 4),
+            rng.choice(3, n, p=[0.85, 0.07, 0.08]),
         )
-        mean_w = {"home_care": 320.0, "day_care": 160.0, "direct_payment": 300.0}
-        mean_w |= {"residential": 800.0, "nursing": 1000.0}
-        mean = np.select([service == s for s in mean_w], list(mean_w.values()))
+        service = categorical(sc_labels, code)
+        mean = np.array([320.0, 160.0, 300.0, 800.0, 1000.0])[code]
         weekly = np.round(mean * rng.gamma(16.0, 1 / 16.0, n), 2)
         duration = np.where(kind == 1, 4000, np.floor(rng.exponential(540.0, n)).astype(np.int64))
         stop = start + duration
@@ -899,13 +981,13 @@ class ChunkSimulator:
     def hospice(self) -> FeedRows:
         p, rng = self.p, self.rng
         dead = np.flatnonzero(p.death_day >= 0)
-        cancer = np.char.startswith(self.death_cause.astype(str), "C")
+        cancer = np.char.startswith(self.death_cause.labels, "C")[self.death_cause.codes]
         gets = rng.random(len(dead)) < np.where(cancer, 0.45, 0.12)
         pid = dead[gets]
         death = p.death_day[pid]
         start = np.maximum(death - rng.integers(5, 120, len(pid)), p.reg_start[pid])
-        setting = rng.choice(
-            np.array(["inpatient", "community", "day"]), len(pid), p=[0.35, 0.5, 0.15]
+        setting = categorical(
+            ["inpatient", "community", "day"], rng.choice(3, len(pid), p=[0.35, 0.5, 0.15])
         )
         self.hs_pid, self.hs_start, self.hs_end, self.hs_setting = pid, start, death, setting
         cols = {"start_date": start, "end_date": death.copy(), "setting": setting}
@@ -917,18 +999,14 @@ class ChunkSimulator:
         pid = np.concatenate([ft, sw])
         day = np.concatenate([self.ft_day[ft], self.sw_day[sw]])
         cols = {
-            "programme": np.concatenate(
-                [
-                    np.full(len(ft), "integrated_frailty_team"),
-                    np.full(len(sw), "safe_and_well_visit"),
-                ]
+            "programme": categorical(
+                ["integrated_frailty_team", "safe_and_well_visit"],
+                np.concatenate([np.zeros(len(ft)), np.ones(len(sw))]),
             ),
             "enrolment_date": day,
-            "provider": np.concatenate(
-                [
-                    np.full(len(ft), "Kent Community Health NHS Foundation Trust"),
-                    np.full(len(sw), "Kent Fire and Rescue Service"),
-                ]
+            "provider": categorical(
+                ["Kent Community Health NHS Foundation Trust", "Kent Fire and Rescue Service"],
+                np.concatenate([np.zeros(len(ft)), np.ones(len(sw))]),
             ),
         }
         return self._rows(cols, pid, day)
@@ -957,7 +1035,7 @@ class ChunkSimulator:
         add(self.em_rows_pid, self.em_rows_day, spell)
         add(self.el_pid, self.el_day, uc[("acute_elective", "spell")])
         add(self.ae_pid_all, self.ae_day_all, uc[("ae", "attendance")])
-        attended = np.isin(self.op_status, ["5", "6"])
+        attended = np.isin(self.op_status.values, ["5", "6"])
         add(
             self.op_pid[attended], self.op_day[attended], uc[("outpatient", "attended_appointment")]
         )
@@ -990,12 +1068,9 @@ class ChunkSimulator:
         _add(self.truth.counts, "ft_cost_added_gbp", float(added))
 
 
-def _lookup(uc: dict[tuple[str, str], float], line: str, activity: np.ndarray) -> np.ndarray:
-    keys = np.unique(activity)
-    out = np.zeros(len(activity))
-    for k in keys:  # a handful of activity types
-        out[activity == k] = uc[(line, str(k))]
-    return out
+def _lookup(uc: dict[tuple[str, str], float], line: str, activity: Cat) -> np.ndarray:
+    per_label = np.array([uc[(line, str(label))] for label in activity.labels])
+    return per_label[activity.codes]
 
 
 # ------------------------------------------------------------------------------ finishing
@@ -1013,6 +1088,10 @@ def _to_arrow(name: str, values: np.ndarray, dtype: pa.DataType) -> pa.Array:
         v = np.asarray(values, dtype=np.int64)
         null = v <= NULL_DAY // 2
         return pa.array(np.where(null, 0, v).astype(np.int32), type=pa.date32(), mask=null)
+    if isinstance(values, Cat):
+        return pa.DictionaryArray.from_arrays(
+            pa.array(values.codes.astype(np.int32)), pa.array(values.labels.astype(str))
+        ).cast(pa.string())
     if pa.types.is_string(dtype):
         return pa.array(np.asarray(values).astype(str), type=pa.string())
     if pa.types.is_int64(dtype) and name == "uprn":
@@ -1049,13 +1128,14 @@ def finish_feed(
         pick = cand[rng.random(len(cand)) < dq.correction_rate]
         corrected = {k: v[pick].copy() for k, v in cols.items()}
         wrong_diag = rng.random(len(pick)) < 0.5
-        cols["primary_diagnosis_icd10"] = cols["primary_diagnosis_icd10"].astype(object)
-        cols["primary_diagnosis_icd10"][pick[wrong_diag]] = "R69X"
+        cols["primary_diagnosis_icd10"] = cols["primary_diagnosis_icd10"].set(
+            pick[wrong_diag], "R69X"
+        )
         shift = rng.integers(1, 4, len(pick))
         wd = pick[~wrong_diag]
         cols["discharge_date"][wd] = cols["discharge_date"][wd] + shift[~wrong_diag]
         cols["los_days"][wd] = cols["los_days"][wd] + shift[~wrong_diag]
-        cols = {k: np.concatenate([v, corrected[k]]) for k, v in cols.items()}
+        cols = {k: _concat_values([v, corrected[k]]) for k, v in cols.items()}
         pid = np.concatenate([pid, pid[pick]])
         month = np.concatenate([month, month[pick] + later[pick]])
         serial = np.concatenate([serial, serial[pick]])
@@ -1094,16 +1174,11 @@ def finish_feed(
                 .astype(np.int64)
             )
             bad[column] = m_end[month[pick]] + rng.integers(30, 400, len(pick))
-        elif kind == "unknown_attendance_status":
-            bad[column] = np.full(len(pick), "9")
-        elif kind == "unknown_department_type":
-            bad[column] = np.full(len(pick), "9")
+        elif kind in ("unknown_attendance_status", "unknown_department_type"):
+            bad[column] = bad[column].set(np.arange(len(pick)), "9")
         else:
-            bad[column] = np.full(len(pick), "chiropody")
-        cols = {
-            k: np.concatenate([v.astype(object) if v.dtype.kind == "U" else v, bad[k]])
-            for k, v in cols.items()
-        }
+            bad[column] = bad[column].set(np.arange(len(pick)), "chiropody")
+        cols = {k: _concat_values([v, bad[k]]) for k, v in cols.items()}
         pid = np.concatenate([pid, pid[pick]])
         month = np.concatenate([month, month[pick]])
         serial = np.concatenate([serial, 500_000_000 + np.arange(len(pick), dtype=np.int64)])
@@ -1124,7 +1199,8 @@ def finish_feed(
         kind = np.searchsorted(cuts, u, side="right")  # 0..5 problems, 6 none
         bad_check = (number % 10 + rng.integers(1, 10, n)) % 10
         values = np.where(kind == 1, number // 10 * 10 + bad_check, number)
-        values = np.where(kind == 3, unknown_nhs_numbers(rng, n), values)
+        unknown = np.flatnonzero(kind == 3)
+        values[unknown] = unknown_nhs_numbers(rng, len(unknown))
         text = pa.array(values).cast(pa.string())
         nine = pc.utf8_slice_codeunits(text, 0, 9)
         parts = [pc.utf8_slice_codeunits(text, a, b) for a, b in ((0, 3), (3, 6), (6, 10))]

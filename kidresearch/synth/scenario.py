@@ -92,7 +92,7 @@ class Morbidity(_Section):
     shift_log_odds: float = Field(0.04, description="global shift on every deficit's log-odds")
     frailty_sd: float = Field(0.15, ge=0, description="SD of the shared person frailty factor")
     deprivation_log_odds: float = Field(
-        0.11, description="log-odds per IMD quintile step towards most deprived"
+        0.05, description="log-odds per IMD quintile step towards most deprived"
     )
     trend_log_odds_per_year: float = Field(
         0.04, description="calendar trend on every deficit's log-odds (frailty trend)"
@@ -124,7 +124,7 @@ class Emergency(_Section):
     efi_severe: float = 1.25
     polypharmacy: float = 0.25
     prior_emergency: float = 0.90
-    deprivation_per_quintile: float = 0.07
+    deprivation_per_quintile: float = 0.05
     practice_sd: float = Field(0.05, ge=0)
     extra_admissions_base: float = Field(0.25, ge=0, description="Poisson mean of extra spells")
     extra_admissions_per_efi_category: float = Field(0.15, ge=0)
@@ -158,7 +158,7 @@ class FrailtyTeam(_Section):
 class SafeAndWell(_Section):
     """Kent Fire and Rescue safe-and-well visits: non-random, NO effect on A&E."""
 
-    intercept: float = -6.2
+    intercept: float = -5.3
     age_per_year: float = 0.05
     lives_alone: float = 0.6
     efi_moderate_or_severe: float = 0.5
@@ -188,7 +188,7 @@ class Activity(_Section):
     out_of_hours_base: float = Field(0.05, ge=0)
     home_care_start_base: float = Field(0.006, ge=0)
     care_home_start_base: float = Field(0.0015, ge=0)
-    deprivation_per_quintile: float = Field(0.08, description="log rate ratio per quintile step")
+    deprivation_per_quintile: float = Field(0.03, description="log rate ratio per quintile step")
 
 
 class DataQuality(_Section):
