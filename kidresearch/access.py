@@ -99,7 +99,6 @@ OUTPUT_POLICY_KEYS = (
     "preset",
 )
 _ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,63}$"
-_PSEUDONYM_COLUMNS = ("person_id", "household_id")
 
 
 # ------------------------------------------------------------------------------- proposals
@@ -762,7 +761,7 @@ class KID:
                 f"The 'backend' parameter of connect must be 'duckdb' or 'spark'; got {backend!r}"
             )
         src = self._src
-        population = self._population(src)
+        population = self._materialise_population(self._population(src))
         for name in sorted(needed):
             expr = self._restricted(name, src[name], population)
             self._create_view(name, expr)
@@ -855,25 +854,53 @@ class KID:
             conditions.append(left.isnull() | (left >= ibis.literal(period.start)))
         return persons.filter(*conditions) if conditions else persons
 
+    def _materialise_population(self, population: IbisTable | None) -> IbisTable | None:
+        """Store the re-keyed population once per session (``_rid`` keeps the KID's own id).
+
+        Hashing every id at query time costs seconds on a Kent-sized KID; computing the
+        proposal pseudonyms once at connect keeps queries at the speed of a plain join.
+        """
+        if population is None:
+            return None
+        keyed = population.mutate(
+            _rid=population.person_id,
+            person_id=rekey(population.person_id, self._key),
+            household_id=rekey(population.household_id, self._key),
+        )
+        if self.backend == "duckdb":
+            sql = ibis.to_sql(keyed, dialect="duckdb")
+            self._con.raw_sql(f"CREATE TABLE kid_src._population AS {sql}")
+            return self._con.table("_population", database="kid_src")
+        name = "kid_src___population"
+        sql = ibis.to_sql(keyed, dialect="pyspark")
+        self._spark_session.sql(f"CREATE OR REPLACE TEMPORARY VIEW `{name}` AS {sql}")
+        self._spark_session.catalog.cacheTable(name)
+        self._view_names.append(name)
+        return self._con.table(name)
+
     def _restricted(self, name: str, table: IbisTable, population: IbisTable | None) -> IbisTable:
         schema = RESEARCH_TABLES[name]
         period = self.proposal.study_period
+        approved = self.proposal.approved_columns(name)
         if name == "persons":
             assert population is not None
-            table = population
-        elif schema.person_column:
-            assert population is not None
-            table = table.filter(table[schema.person_column].isin(population.person_id))
-        if schema.date_column and name != "persons":
+            return population.select(approved)
+        if schema.date_column and name not in REFERENCE:
             table = table.filter(
                 table[schema.date_column].between(
                     ibis.literal(period.start), ibis.literal(period.end)
                 )
             )
-        approved = self.proposal.approved_columns(name)
-        return table.select(
+        if not schema.person_column:
+            return table.select(approved)
+        assert population is not None
+        # The inner join on the KID's own id keeps the population's events (person_id is
+        # unique in persons) and swaps in the proposal pseudonym in one step.
+        ids = population.select(_rid=population._rid, _pseudonym=population.person_id)
+        joined = table.join(ids, table[schema.person_column] == ids._rid)
+        return joined.select(
             [
-                rekey(table[c], self._key).name(c) if c in _PSEUDONYM_COLUMNS else table[c]
+                joined._pseudonym.name(c) if c == schema.person_column else joined[c]
                 for c in approved
             ]
         )
