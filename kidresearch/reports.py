@@ -284,8 +284,10 @@ def release(
             f"release(): the 'name' parameter must be a file stem of letters, digits, '_', '-' "
             f"or '.', got {name!r}"
         )
-    if _is_figure(obj):
+    figure: Any = None
+    if _is_figure(obj) or (hasattr(obj, "get_figure") and not _is_checked(obj)):
         kind = "figure"
+        figure = obj if _is_figure(obj) else obj.get_figure()  # type: ignore[attr-defined]
         if table is None:
             raise DisclosureError(
                 f"release('{name}'): a figure is released only with the checked table it was "
@@ -297,21 +299,29 @@ def release(
                 f"kidresearch.sdc (with .released, .passed, .record), got {type(table).__name__}"
             )
         checked = table
+        passed, sdc_record, reasons = _figure_decision(figure, table, name)
     elif _is_checked(obj):
         kind = "table"
         checked = obj
+        passed = bool(checked.passed)  # type: ignore[attr-defined]
+        sdc_record = _record_dict(checked.record)  # type: ignore[attr-defined]
+        reasons = () if passed else _reasons(checked)
+    elif _is_figure(getattr(obj, "figure", None)) and hasattr(obj, "record"):
+        # A CheckedOutput from sdc.check_figure: the decision was made there, with its table.
+        kind = "figure"
+        checked = None
+        figure = obj.figure  # type: ignore[attr-defined]
+        passed = bool(obj.passed)  # type: ignore[attr-defined]
+        sdc_record = _record_dict(obj.record)  # type: ignore[attr-defined]
+        reasons = () if passed else _reasons(obj)
     else:
         raise DisclosureError(
             f"release('{name}'): expected a CheckedTable from kidresearch.sdc (with .released, "
-            f".passed and .record) or a matplotlib Figure with table=, got {type(obj).__name__}. "
-            "Check the table with kidresearch.sdc first."
+            f".passed and .record), a matplotlib Figure with table=, or a CheckedOutput of "
+            f"sdc.check_figure; got {type(obj).__name__}. Check the output with kidresearch.sdc "
+            "first."
         )
-    passed = bool(checked.passed)  # type: ignore[attr-defined]
-    sdc_record = _jsonable(checked.record)  # type: ignore[attr-defined]
-    if not isinstance(sdc_record, dict):
-        sdc_record = {"record": sdc_record}
-    reasons = () if passed else _reasons(checked)
-    table_name = f"{name}.table" if kind == "figure" else None
+    table_name = f"{name}.table" if kind == "figure" and checked is not None else None
 
     if output_dir is None:
         status = "preview" if passed else "withheld"
@@ -328,23 +338,18 @@ def release(
         )
     files: list[str] = []
     if passed:
-        if kind == "figure":
-            _write_figure(obj, folder / f"{name}.png")
-            _write_table(
-                checked.released,  # type: ignore[attr-defined]
-                folder / f"{table_name}.csv",
-                what=f"release('{name}') table",
-                sort=sort,
+        if figure is not None:
+            _write_figure(figure, folder / f"{name}.png")
+            # The sidecar sdc.check_folder (``kid outputs check``) reads for a figure.
+            sidecar = folder / f"{name}.png.sdc.json"
+            sidecar.write_text(
+                json.dumps({"record": sdc_record}, indent=2, sort_keys=True, default=str),
+                encoding="utf-8",
             )
-            files = [f"{name}.png", f"{table_name}.csv"]
-        else:
-            _write_table(
-                checked.released,  # type: ignore[attr-defined]
-                folder / f"{name}.csv",
-                what=f"release('{name}')",
-                sort=sort,
-            )
-            files = [f"{name}.csv"]
+            files += [f"{name}.png", sidecar.name]
+        if checked is not None:
+            stem = table_name or name
+            files += _save_checked(checked, folder, stem, what=f"release('{name}')", sort=sort)
     record = ReleaseRecord(
         name,
         kind,
@@ -356,6 +361,57 @@ def release(
     )
     record_path.write_text(json.dumps(record.to_dict(), indent=2, default=str), encoding="utf-8")
     return record
+
+
+def _record_dict(record: object) -> dict[str, Any]:
+    out = _jsonable(record)
+    return out if isinstance(out, dict) else {"record": out}
+
+
+def _real_checked_table(obj: object) -> bool:
+    """Is ``obj`` a :class:`kidresearch.sdc.CheckedTable` (not just something shaped like one)?"""
+    try:
+        from kidresearch.sdc import CheckedTable
+    except ImportError:  # pragma: no cover - sdc is part of the package
+        return False
+    return isinstance(obj, CheckedTable)
+
+
+def _figure_decision(
+    figure: Any, table: object, name: str
+) -> tuple[bool, dict[str, Any], tuple[str, ...]]:
+    """Release a figure only if every number drawn could be released as it is."""
+    if _real_checked_table(table):
+        from kidresearch.sdc import check_figure
+
+        checked = check_figure(figure, table, name=name)
+        passed = bool(checked.passed)
+        return passed, _record_dict(checked.record), () if passed else _reasons(checked)
+    # Duck-typed tables: a figure cannot show a suppressed cell, so it needs the raw table to pass.
+    passed = bool(getattr(table, "raw_passed", table.passed))  # type: ignore[attr-defined]
+    reasons = () if passed else _reasons(table)
+    return passed, _record_dict(table.record), reasons  # type: ignore[attr-defined]
+
+
+def _save_checked(checked: object, folder: Path, stem: str, *, what: str, sort: bool) -> list[str]:
+    """Write a checked table as ``<stem>.csv``; sdc tables also get their ``.sdc.json`` sidecar.
+
+    A real :class:`kidresearch.sdc.CheckedTable` is written by its own ``save`` (tidy released
+    cells plus the sidecar), so ``kid outputs check`` can re-check the released folder.
+    """
+    if _real_checked_table(checked):
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            checked.save(tmp)  # type: ignore[attr-defined]
+            own = checked.name  # type: ignore[attr-defined]
+            written = []
+            for suffix in (".csv", ".sdc.json"):
+                source = Path(tmp) / f"{own}{suffix}"
+                if source.exists():
+                    shutil.move(source, folder / f"{stem}{suffix}")
+                    written.append(f"{stem}{suffix}")
+        return written
+    _write_table(checked.released, folder / f"{stem}.csv", what=what, sort=sort)  # type: ignore[attr-defined]
+    return [f"{stem}.csv"]
 
 
 # ------------------------------------------------------------------------------- proposals
@@ -988,6 +1044,7 @@ def verify(
     *,
     data: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
+    rerun: bool = True,
 ) -> VerifyResult:
     """Re-execute a report run with its manifest's inputs and compare released files by sha256.
 
@@ -999,6 +1056,9 @@ def verify(
         KID folder for the re-run (default: the one recorded in the manifest).
     out : path, optional
         Where to keep the re-run (default: a temporary folder, deleted afterwards).
+    rerun : bool, default True
+        False only checks the released files on disk against the manifest's hashes (fast; finds
+        files changed after the run, not whether the analysis reproduces).
 
     Returns
     -------
@@ -1027,6 +1087,16 @@ def verify(
             if not on_disk.is_file() or _sha256(on_disk) != f["sha256"]:
                 changed.add(key)
                 notes.append(f"{f['path']} was changed after the run (sha256 differs)")
+    if not rerun:
+        for key, digest in sorted(original.items()):
+            status = "file changed" if key in changed else "same"
+            rows.append(
+                {"output": key, "original_sha256": digest, "rerun_sha256": None, "status": status}
+            )
+        comparison = pd.DataFrame(
+            rows, columns=["output", "original_sha256", "rerun_sha256", "status"]
+        )
+        return VerifyResult(not changed, run_dir, comparison, tuple(notes))
     data = data if data is not None else manifest["kid"].get("data")
     names = [nb["notebook"] for nb in manifest["notebooks"]]
     stems = {n: Path(n).with_suffix("").as_posix().replace("/", "__") for n in names}
@@ -1038,7 +1108,7 @@ def verify(
             target = nb_dir / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(run_dir / "inputs" / "notebooks" / f"{stem}.ipynb", target)
-        rerun = run(
+        again = run(
             run_dir / "proposal.yaml",
             notebooks=names,
             parameters=manifest.get("parameters") or {},
@@ -1048,19 +1118,19 @@ def verify(
         )
         new = {
             Path(f["path"]).relative_to("released").as_posix(): f["sha256"]
-            for o in rerun.manifest["outputs"]
+            for o in again.manifest["outputs"]
             for f in o["files"]
         }
-    if manifest["kid"].get("input_hashes") != rerun.manifest["kid"].get("input_hashes"):
+    if manifest["kid"].get("input_hashes") != again.manifest["kid"].get("input_hashes"):
         notes.append("the KID inputs differ from those of the original run")
     before = {nb["notebook"]: nb["status"] for nb in manifest["notebooks"]}
-    after = {nb["notebook"]: nb["status"] for nb in rerun.manifest["notebooks"]}
-    if not rerun.ok:
+    after = {nb["notebook"]: nb["status"] for nb in again.manifest["notebooks"]}
+    if not again.ok:
         notes.append(
             "notebooks failed in the re-run: "
             + "; ".join(
                 f"{nb['notebook']}: {nb['error']}"
-                for nb in rerun.manifest["notebooks"]
+                for nb in again.manifest["notebooks"]
                 if nb["error"]
             )
         )

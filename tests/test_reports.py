@@ -1,9 +1,10 @@
 """Tests of kidresearch.reports: the papermill batch runner, release(), verify and the register.
 
 The runner is tested with tiny notebooks in tests/data/notebooks that need no KID:
-``tiny_release`` releases a table (Ashford 30, Dover 25, Thanet 40 people, times the ``scale``
-parameter), a figure drawn from it, and a table of one cell of 3 people that fails disclosure
-control; ``tiny_fails`` releases a table and then raises; ``tiny_no_parameters`` has no cell tagged
+``tiny_release`` checks with ``kidresearch.sdc`` and releases a table of people by district
+(Ashford 30, Dover 25, Thanet 40, times the ``scale`` parameter) and a bar chart of it, and a
+district-by-sex table with cells of 3 people (released with suppressed cells) whose chart must be
+withheld; ``tiny_fails`` releases a table and then raises; ``tiny_no_parameters`` has no cell tagged
 ``parameters``. Expected values below are those hand-written inputs.
 """
 
@@ -49,22 +50,10 @@ def _checked(frame: pd.DataFrame, passed: bool, reasons: list[str] | None = None
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory: pytest.TempPathFactory) -> reports.ReportRun:
-    """One run of all three test notebooks (one fine, one failing, one without parameters)."""
+    """One run of all three test notebooks (one fine, one failing, one without parameters),
+    with the parameter scale=2 given as a CLI-style string."""
     out = tmp_path_factory.mktemp("reports")
-    return reports.run(PROPOSAL, out=out, notebook_dir=NOTEBOOKS)
-
-
-@pytest.fixture(scope="module")
-def scaled(tmp_path_factory: pytest.TempPathFactory) -> reports.ReportRun:
-    """The releasing notebook alone, with parameter scale=2 given as a CLI-style string."""
-    out = tmp_path_factory.mktemp("scaled")
-    return reports.run(
-        PROPOSAL,
-        notebooks=["tiny_release"],
-        parameters={"scale": "2"},
-        out=out,
-        notebook_dir=NOTEBOOKS,
-    )
+    return reports.run(PROPOSAL, parameters={"scale": "2"}, out=out, notebook_dir=NOTEBOOKS)
 
 
 # ------------------------------------------------------------------------------- failure isolation
@@ -153,23 +142,45 @@ def test_released_folder_holds_only_outputs_that_passed(batch):
     )
     assert released == [
         "tiny_release/people_by_district.csv",
+        "tiny_release/people_by_district.sdc.json",
         "tiny_release/people_by_district_bar.png",
+        "tiny_release/people_by_district_bar.png.sdc.json",
         "tiny_release/people_by_district_bar.table.csv",
+        "tiny_release/people_by_district_bar.table.sdc.json",
+        "tiny_release/people_by_district_sex.csv",
+        "tiny_release/people_by_district_sex.sdc.json",
     ]
     out = batch.to_frame().set_index("name")
-    assert out.loc["small_cell", "status"] == "withheld"
-    assert out.loc["small_cell", "reasons"] == "count 3 below threshold 10"
+    # The district-by-sex table has cells of 3 people: it is released with them suppressed,
+    # but its chart would show them, so the chart is withheld.
+    assert out.loc["people_by_district_sex", "status"] == "released"
+    assert out.loc["people_by_district_sex_bar", "status"] == "withheld"
+    assert "suppressed cell(s)" in out.loc["people_by_district_sex_bar", "reasons"]
     dc = batch.manifest["disclosure_control"]
-    assert (dc["released"], dc["withheld"], dc["released_files"]) == (2, 2, 3)
+    assert (dc["released"], dc["withheld"], dc["released_files"]) == (3, 2, 8)
 
 
-def test_released_table_has_the_notebook_values_sorted(batch, scaled):
+def test_released_folder_passes_kid_outputs_check(batch, capsys):
+    folder = batch.run_dir / "released" / "tiny_release"
+    assert main(["outputs", "check", str(folder)]) == 0
+    assert "people_by_district_bar.png" in capsys.readouterr().out
+
+
+def test_suppressed_cells_are_blank_in_the_released_table(batch):
+    table = batch.run_dir / "released" / "tiny_release" / "people_by_district_sex.csv"
+    frame = pd.read_csv(table)
+    # 40 Thanet people (20 F, 20 M) and 3 Dover women: Dover's cells fail the threshold of 10
+    # and Thanet's must go too, or they could be recovered from the column totals.
+    assert frame.loc[frame["district"] != "Total", "value"].isna().all()
+    totals = frame[frame["district"] == "Total"].set_index("sex")["value"]
+    assert totals.to_dict() == {"F": 23.0, "M": 20.0, "Total": 43.0}
+
+
+def test_released_table_has_the_notebook_values_with_the_parameter_applied(batch):
     table = batch.run_dir / "released" / "tiny_release" / "people_by_district.csv"
-    # Built in the notebook in the order Thanet 40, Dover 25, Ashford 30; written sorted.
-    assert table.read_text() == "district,people\nAshford,30\nDover,25\nThanet,40\n"
-    doubled = scaled.run_dir / "released" / "tiny_release" / "people_by_district.csv"
-    assert doubled.read_text() == "district,people\nAshford,60\nDover,50\nThanet,80\n"
-    assert scaled.manifest["parameters"] == {"scale": 2}
+    # Built in the notebook as Thanet 40, Dover 25, Ashford 30 people times scale (here 2).
+    assert table.read_text() == "district,value\nAshford,60.0\nDover,50.0\nThanet,80.0\n"
+    assert batch.manifest["parameters"] == {"scale": 2}
 
 
 def test_released_figure_is_a_png(batch):
@@ -184,8 +195,8 @@ def test_html_reports_researcher_and_commissioner(batch):
     researcher = (html_dir / "tiny_release.html").read_text()
     hidden = (html_dir / "tiny_release.commissioner.html").read_text()
     code_cell = 'jp-InputArea-editor" data-type="inline"'
-    assert "ok_table" in researcher and code_cell in researcher  # code shown
-    assert "ok_table" not in hidden
+    assert "by_district_sex" in researcher and code_cell in researcher  # code shown
+    assert "by_district_sex" not in hidden
     assert code_cell not in hidden  # code hidden
     assert "data:image/png;base64" in hidden
     # A failed notebook gets the researcher version (to debug) but no commissioner version.
@@ -205,8 +216,12 @@ def test_manifest_records_provenance(batch):
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parents[1], capture_output=True, text=True
     )
-    if head.returncode == 0:
-        assert m["environment"]["git"]["commit"] == head.stdout.strip()
+    if head.returncode == 0:  # others may commit meanwhile: the recorded commit is in HEAD's past
+        recorded = m["environment"]["git"]["commit"]
+        ancestor = subprocess.run(
+            ["git", "merge-base", "--is-ancestor", recorded, "HEAD"], cwd=Path(__file__).parents[1]
+        )
+        assert ancestor.returncode == 0, recorded
     for nb in m["notebooks"]:
         assert nb["sha256"] == _sha(NOTEBOOKS / nb["notebook"])
     ran = [nb for nb in m["notebooks"] if nb["executed"]]
@@ -232,31 +247,33 @@ def test_kid_version_and_input_hashes_come_from_the_version_manifest(tmp_path):
 
 
 # ------------------------------------------------------------------------------- reproducibility
-def test_rerun_with_the_same_inputs_gives_identical_released_files(scaled, tmp_path):
-    result = reports.verify(scaled.run_dir, out=tmp_path)
+def test_rerun_with_the_same_inputs_gives_identical_released_files(batch, tmp_path):
+    result = reports.verify(batch.run_dir, out=tmp_path)
+    # The failing notebooks fail again (same ending), and every released file is identical.
     assert result.ok, str(result)
-    assert list(result.comparison["status"]) == ["same"] * 3
+    assert list(result.comparison["status"]) == ["same"] * 8
     rerun_dir = next((tmp_path / "TEST-REPORTS-001").iterdir())
-    for path in scaled.released_files():
-        twin = rerun_dir / path.relative_to(scaled.run_dir)
+    for path in batch.released_files():
+        twin = rerun_dir / path.relative_to(batch.run_dir)
         assert (
             hashlib.sha256(twin.read_bytes()).digest() == hashlib.sha256(path.read_bytes()).digest()
         )
-    assert rerun_dir.name != scaled.run_dir.name  # a new run folder, never overwritten
-    assert rerun_dir.name.split("-")[-1] == scaled.run_dir.name.split("-")[-1]  # same inputs
+    assert rerun_dir.name != batch.run_dir.name  # a new run folder, never overwritten
+    assert rerun_dir.name.split("-")[-1] == batch.run_dir.name.split("-")[-1]  # same inputs
 
 
-def test_verify_flags_a_released_file_changed_after_the_run(scaled, tmp_path):
+def test_verify_flags_a_released_file_changed_after_the_run(batch, tmp_path):
     copy = tmp_path / "run"
-    shutil.copytree(scaled.run_dir, copy)
+    shutil.copytree(batch.run_dir, copy)
     table = copy / "released" / "tiny_release" / "people_by_district.csv"
-    table.write_text(table.read_text().replace("60", "61"))
-    result = reports.verify(copy)
+    table.write_text(table.read_text().replace("60.0", "61.0"))
+    result = reports.verify(copy, rerun=False)
     assert not result.ok
     status = result.comparison.set_index("output")["status"]
     assert status["tiny_release/people_by_district.csv"] == "file changed"
     assert status["tiny_release/people_by_district_bar.png"] == "same"
     assert any("changed after the run" in n for n in result.notes)
+    assert reports.verify(batch.run_dir, rerun=False).ok
 
 
 def test_verify_without_a_manifest_names_the_file(tmp_path):
@@ -333,10 +350,15 @@ def test_register_lists_proposals_and_only_released_outputs(batch, tmp_path):
     assert test_entry["organisation"] == "kidresearch test suite"
     assert test_entry["approved"] == "2026-01-01"
     (run,) = test_entry["runs"]
-    assert [o["name"] for o in run["released"]] == ["people_by_district", "people_by_district_bar"]
+    assert [o["name"] for o in run["released"]] == [
+        "people_by_district",
+        "people_by_district_bar",
+        "people_by_district_sex",
+    ]
     assert run["withheld"] == 2
     assert "people_by_district_bar.png" in text and "University of Kent" in text
-    assert "small_cell" not in text and "before_failure" not in text  # withheld: counted only
+    # Withheld outputs are counted, never named.
+    assert "people_by_district_sex_bar" not in text and "before_failure" not in text
     assert path.with_suffix(".html").read_text().startswith("<!doctype html>")
 
 
