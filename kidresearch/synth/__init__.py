@@ -43,7 +43,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kidresearch.schema import RAW_FEEDS, REFERENCE_TABLES
-from kidresearch.synth.feeds import FEEDS, ChunkTruth, FinishedFeed, Reference, simulate_chunk
+from kidresearch.synth.feeds import (
+    COST_BINS,
+    FEEDS,
+    ChunkTruth,
+    FinishedFeed,
+    Reference,
+    simulate_chunk,
+)
 from kidresearch.synth.population import DISTRICTS, Calendar, Geography, make_geography
 from kidresearch.synth.scenario import PRESETS, Scenario, load_scenario
 from kidresearch.synth.truth import build_truth
@@ -248,7 +255,8 @@ def generate(
 
     counts: dict[str, Any] = {}
     practice_acsc = np.zeros((geo.n_practices, 2), dtype=np.int64)
-    costs, ages, quintiles = [], [], []
+    cost_histogram = np.zeros((2, COST_BINS))
+    cost_55 = np.zeros((2, 5))
     row_counts = dict.fromkeys(FEEDS, 0)
     file_rows: dict[str, int] = {}
 
@@ -279,9 +287,8 @@ def generate(
             for key, value in truth.counts.items():
                 counts[key] = counts.get(key, 0) + value
             practice_acsc += truth.practice_acsc
-            costs.append(truth.cost_at_reference)
-            ages.append(truth.cost_age)
-            quintiles.append(truth.cost_quintile)
+            cost_histogram += truth.cost_histogram
+            cost_55 += truth.cost_55_by_quintile
             if bar is not None:
                 bar.advance(task)
     finally:
@@ -304,9 +311,8 @@ def generate(
         cal,
         counts,
         practice_acsc,
-        np.concatenate(costs),
-        np.concatenate(ages),
-        np.concatenate(quintiles),
+        cost_histogram,
+        cost_55,
     )
     manifest_files = []
     for name in sorted(file_rows):

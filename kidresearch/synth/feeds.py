@@ -91,6 +91,20 @@ MH_TEAMS = np.array(["community_mh", "crisis", "older_adults", "iapt", "inpatien
 OOH_TYPES = np.array(["telephone", "base_visit", "home_visit"])
 EMERGENCY_TRIM_DAYS = 5
 NULL_DAY = -(10**9)  # missing date (open episode)
+# Annual costs are summarised in a fine log-scale histogram (bin 0 holds zero costs), so the
+# truth's top-5% share needs constant memory whatever the population size.
+COST_BINS = 4001
+COST_BIN_WIDTH = 0.0025  # log10(£) per bin: 1p to £100m in 4,000 bins
+
+
+def cost_bin(cost: np.ndarray) -> np.ndarray:
+    """Histogram bin of each annual cost (0 for no cost)."""
+    positive = cost > 0
+    b = np.zeros(len(cost), dtype=np.int64)
+    b[positive] = np.clip(
+        1 + np.floor((np.log10(cost[positive]) + 2) / COST_BIN_WIDTH), 1, COST_BINS - 1
+    ).astype(np.int64)
+    return b
 
 
 @dataclass(frozen=True)
@@ -274,9 +288,8 @@ class ChunkTruth:
     """Additive truth statistics of one chunk (summed over chunks by the generator)."""
 
     counts: dict[str, Any] = field(default_factory=dict)
-    cost_at_reference: np.ndarray | None = None  # annual cost per person present at R
-    cost_age: np.ndarray | None = None
-    cost_quintile: np.ndarray | None = None
+    cost_histogram: np.ndarray | None = None  # (2, COST_BINS): people and cost per log bin
+    cost_55_by_quintile: np.ndarray | None = None  # (2, 5): people aged 55+ and their cost
     practice_acsc: np.ndarray | None = None  # (n_practices, 2): acsc spells, all emergency
 
 
@@ -587,8 +600,8 @@ class ChunkSimulator:
             n_ch + n_ac + rng.integers(0, n_no, n),
         )
         acsc = np.zeros((self.geo.n_practices, 2), dtype=np.int64)
-        np.add.at(acsc[:, 0], practice[is_acsc], 1)
-        np.add.at(acsc[:, 1], practice, 1)
+        acsc[:, 0] = np.bincount(practice[is_acsc], minlength=self.geo.n_practices)
+        acsc[:, 1] = np.bincount(practice, minlength=self.geo.n_practices)
         self.truth.practice_acsc = acsc
         self.em_via_ae_pid, self.em_via_ae_day = e_pid[via_ae], e_day[via_ae]
         self.em_los, self.em_rows_pid, self.em_rows_day = los, e_pid, e_day
@@ -1025,7 +1038,7 @@ class ChunkSimulator:
         def add(pid: np.ndarray, day: np.ndarray, value: np.ndarray | float) -> None:
             m = (day >= R) & (day < R1)
             v = np.broadcast_to(np.asarray(value, dtype=np.float64), pid.shape)
-            np.add.at(cost, pid[m], v[m])
+            cost[:] += np.bincount(pid[m], weights=v[m], minlength=p.n)
 
         add(self.gp_consult_pid, self.gp_consult_day, uc[("gp", "consultation")])
         add(self.rx_pid, self.rx_day, self.rx_cost)
@@ -1044,13 +1057,26 @@ class ChunkSimulator:
         add(self.ooh_pid, self.ooh_day, _lookup(uc, "out_of_hours", self.ooh_type))
         sc_end = np.where(self.sc_end < NULL_DAY // 2 + 1, cal.end_day_excl - 1, self.sc_end)
         days = np.clip(np.minimum(sc_end + 1, R1) - np.maximum(self.sc_start, R), 0, None)
-        np.add.at(cost, self.sc_pid, self.sc_weekly * days / 7.0)
+        cost += np.bincount(self.sc_pid, weights=self.sc_weekly * days / 7.0, minlength=p.n)
         days = np.clip(np.minimum(self.hs_end + 1, R1) - np.maximum(self.hs_start, R), 0, None)
-        np.add.at(cost, self.hs_pid, _lookup(uc, "hospice", self.hs_setting) * days)
+        hospice = _lookup(uc, "hospice", self.hs_setting) * days
+        cost += np.bincount(self.hs_pid, weights=hospice, minlength=p.n)
         idx = np.flatnonzero(present)
-        self.truth.cost_at_reference = cost[idx].astype(np.float64)
-        self.truth.cost_age = ((R - p.dob[idx]) / DAYS_PER_YEAR).astype(np.float32)
-        self.truth.cost_quintile = (5 - p.dep[idx]).astype(np.int8)
+        c = cost[idx]
+        self.truth.cost_histogram = np.stack(
+            [
+                np.bincount(cost_bin(c), minlength=COST_BINS).astype(np.float64),
+                np.bincount(cost_bin(c), weights=c, minlength=COST_BINS),
+            ]
+        )
+        older = (R - p.dob[idx]) / DAYS_PER_YEAR >= 55
+        q = (5 - p.dep[idx][older]).astype(np.int64) - 1
+        self.truth.cost_55_by_quintile = np.stack(
+            [
+                np.bincount(q, minlength=5).astype(np.float64),
+                np.bincount(q, weights=c[older], minlength=5),
+            ]
+        )
         # Frailty team cost effect: team contacts added, removed spells (and their A&E) saved.
         removed = self.ft_removed
         r_pid, r_day = self.em_pid[removed], self.em_day[removed]

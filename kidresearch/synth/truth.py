@@ -15,8 +15,10 @@ from kidresearch.synth.population import Calendar, Geography
 from kidresearch.synth.scenario import Scenario
 
 
-def _r(x: float, digits: int = 4) -> float:
-    return float(round(float(x), digits))
+def _r(x: float, digits: int = 4) -> float | None:
+    """Round for JSON; None for NaN/inf (strict JSON has no NaN)."""
+    x = float(x)
+    return float(round(x, digits)) if np.isfinite(x) else None
 
 
 def build_truth(
@@ -25,9 +27,8 @@ def build_truth(
     cal: Calendar,
     counts: dict[str, Any],
     practice_acsc: np.ndarray,
-    cost: np.ndarray,
-    cost_age: np.ndarray,
-    cost_quintile: np.ndarray,
+    cost_histogram: np.ndarray,
+    cost_55_by_quintile: np.ndarray,
 ) -> dict[str, Any]:
     """Assemble the truth dictionary (JSON-serialisable, deterministic key order)."""
     em = scn.emergency
@@ -61,16 +62,24 @@ def build_truth(
     ms = [e["moderate_or_severe"] for e in efi_shares]
     trend_pp = float(np.polyfit(np.arange(len(ms)), ms, 1)[0]) if len(ms) > 1 else 0.0
 
-    # Costs at the reference date.
-    order = np.sort(cost)[::-1]
-    top5 = order[: max(1, int(round(0.05 * len(order))))].sum() / max(order.sum(), 1e-9)
-    older = cost_age >= 55
-    by_q = {
-        int(q): _r(cost[older & (cost_quintile == q)].mean(), 2)
-        for q in range(1, 6)
-        if (older & (cost_quintile == q)).any()
-    }
-    gradient = by_q.get(1, np.nan) / by_q.get(5, np.nan) if by_q.get(5) else float("nan")
+    # Costs at the reference date (from the additive histogram of annual costs).
+    people_n, cost_sum = cost_histogram
+    n_people = people_n.sum()
+    total_cost = cost_sum.sum()
+    top_n = max(1.0, round(0.05 * n_people))
+    top_cost, taken = 0.0, 0.0
+    for b in range(len(people_n) - 1, -1, -1):  # bins, not people
+        if people_n[b] == 0:
+            continue
+        take = min(people_n[b], top_n - taken)
+        top_cost += cost_sum[b] * take / people_n[b]
+        taken += take
+        if taken >= top_n:
+            break
+    top5 = top_cost / total_cost if total_cost else float("nan")
+    n55, c55 = cost_55_by_quintile
+    by_q = {q + 1: _r(c55[q] / n55[q], 2) for q in range(5) if n55[q] > 0}
+    gradient = by_q[1] / by_q[5] if by_q.get(1) and by_q.get(5) else float("nan")
 
     feeds: dict[str, dict[str, int]] = {}
     for key, value in counts.items():
@@ -315,8 +324,8 @@ def build_truth(
                 "social_care": "weekly_cost_gbp * days open / 7",
                 "hospice": "day by setting * days open",
             },
-            "people": int(len(cost)),
-            "mean_annual_cost_gbp": _r(cost.mean(), 2) if len(cost) else None,
+            "people": int(n_people),
+            "mean_annual_cost_gbp": _r(total_cost / n_people, 2) if n_people else None,
             "top_5_percent_share": _r(top5, 4),
             "mean_annual_cost_55_plus_by_imd_quintile": {str(k): v for k, v in by_q.items()},
             "deprivation_gradient_q1_vs_q5_55_plus": _r(gradient, 4),
