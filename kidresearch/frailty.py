@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from ibis import _
 
-from kidresearch.errors import KidError
+from kidresearch.errors import DroppedRowsWarning, KidError
 
 log = logging.getLogger(__name__)
 
@@ -522,21 +522,21 @@ def efi(
 
     Examples
     --------
-    >>> import ibis, pandas as pd
+    >>> import ibis, pyarrow as pa
     >>> from kidresearch.schema import RESEARCH_TABLES
     >>> con = ibis.duckdb.connect()
-    >>> def empty(name):
-    ...     return con.create_table(name, schema=ibis.schema(RESEARCH_TABLES[name].arrow_schema()))
+    >>> def put(name, rows=()):
+    ...     schema = RESEARCH_TABLES[name].arrow_schema()
+    ...     return con.create_table(name, pa.Table.from_pylist(list(rows), schema=schema))
     >>> class Toy:
     ...     def table(self, name):
     ...         return con.table(name)
     >>> for name in ("gp_events", "prescriptions", "lsoas"):
-    ...     _ = empty(name)
-    >>> _ = con.create_table("persons", pd.DataFrame({
-    ...     "person_id": ["a"], "household_id": [None], "sex": ["F"], "birth_year": [1940],
-    ...     "birth_month": [6], "practice_code": ["G80001"], "lsoa_code": ["E01000001"],
-    ...     "registration_start": [dt.date(2010, 1, 1)], "registration_end": [None],
-    ...     "date_of_death": [None], "death_cause_icd10": [None]}))
+    ...     _ = put(name)
+    >>> _ = put("persons", [{
+    ...     "person_id": "a", "sex": "F", "birth_year": 1940, "birth_month": 6,
+    ...     "practice_code": "G80001", "lsoa_code": "E01000001",
+    ...     "registration_start": dt.date(2010, 1, 1)}])
     >>> toy_codes = pd.DataFrame({"deficit": [f"d{i}" for i in range(35)],
     ...                           "snomed_code": [str(100000 + i) for i in range(35)]})
     >>> result = efi(Toy(), "2024-03-31", codelist=toy_codes)
@@ -1092,7 +1092,8 @@ def outcomes(
     Raises
     ------
     FrailtyError
-        Unknown outcome, bad follow-up, or no events for an outcome.
+        Unknown outcome or bad follow-up. An outcome without events among fit people gets
+        missing ratios and a ``DroppedRowsWarning`` rather than an error.
     """
     import statsmodels.api as sm
 
@@ -1170,23 +1171,46 @@ def outcomes(
             log.info(
                 "care_home: %d people already in a care home at %s left out", (~keep).sum(), at_date
             )
-        if int(event[keep].sum()) == 0:
-            raise FrailtyError(
-                f"No {outcome} events in the {months} months after {at_date}: cannot fit a Cox "
-                "model. Choose an earlier 'at' or a longer 'follow_up'."
-            )
         cohort[f"{outcome}_days"] = time_days
         cohort[f"{outcome}_event"] = event
-        model = sm.PHReg(
-            time_days[keep].to_numpy(),
-            design[keep],
-            status=event[keep].astype(int).to_numpy(),
-            ties="efron",
-        ).fit()
-        models[outcome] = model
-        params = pd.Series(model.params, index=design.columns)
-        ci = pd.DataFrame(model.conf_int(), index=design.columns)
-        pvalues = pd.Series(model.pvalues, index=design.columns)
+        # A category without events has no estimable ratio (the partial likelihood has no
+        # maximum): its people leave that model and its ratio is reported missing. Without
+        # events among fit people (the reference) no ratio can be estimated at all.
+        events_by_category = cohort.category[keep & event].value_counts()
+        empty = [c for c in EFI_CATEGORIES if events_by_category.get(c, 0) == 0]
+        params = pd.Series(np.nan, index=design.columns)
+        ci = pd.DataFrame(np.nan, index=design.columns, columns=[0, 1])
+        pvalues = pd.Series(np.nan, index=design.columns)
+        if "fit" in empty:
+            warnings.warn(
+                f"frailty.outcomes: no {outcome} events among fit people in the {months} months "
+                f"after {at_date}; no hazard ratios for {outcome} (choose an earlier 'at' or a "
+                "longer 'follow_up').",
+                DroppedRowsWarning,
+                stacklevel=2,
+            )
+            models[outcome] = None
+        else:
+            if empty:
+                warnings.warn(
+                    f"frailty.outcomes: no {outcome} events among {', '.join(empty)} people; "
+                    f"{int((keep & cohort.category.isin(empty)).sum())} people left out of that "
+                    "model and their hazard ratio is missing.",
+                    DroppedRowsWarning,
+                    stacklevel=2,
+                )
+            use = keep & ~cohort.category.isin(empty)
+            columns = [c for c in design.columns if c not in empty]
+            model = sm.PHReg(
+                time_days[use].to_numpy(),
+                design.loc[use, columns],
+                status=event[use].astype(int).to_numpy(),
+                ties="efron",
+            ).fit()
+            models[outcome] = model
+            params = pd.Series(model.params, index=columns).reindex(design.columns)
+            ci = pd.DataFrame(model.conf_int(), index=columns).reindex(design.columns)
+            pvalues = pd.Series(model.pvalues, index=columns).reindex(design.columns)
         for category in EFI_CATEGORIES:
             in_cat = keep & (cohort.category == category)
             row = {

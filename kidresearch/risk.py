@@ -39,6 +39,8 @@ from scipy import stats as sps
 
 from kidresearch.errors import KidError
 from kidresearch.frailty import (
+    EFI_CATEGORIES,
+    EFI_COUNT_UPPER,
     POLYPHARMACY,
     DateLike,
     KIDLike,
@@ -183,10 +185,12 @@ def features(
     Returns
     -------
     pandas.DataFrame
-        ``person_id, sex, age, age_10, practice_code, imd_quintile, imd_score, district,
-        emergency_admissions, elective_admissions, ae_attendances, outpatient_attendances,
-        long_term_conditions, coded_deficits, polypharmacy, drugs_12m, deficit_count,
-        efi_score`` and the outcome column.
+        ``person_id, sex, age, age_10, practice_code, imd_quintile, deprivation`` (5 - IMD
+        quintile: 0 least, 4 most deprived), ``imd_score, district, emergency_admissions,
+        emergency_admissions_12m, any_emergency_12m, elective_admissions, ae_attendances,
+        outpatient_attendances`` (counts over the lookback unless ``_12m``),
+        ``long_term_conditions, coded_deficits, polypharmacy, drugs_12m, deficit_count,
+        efi_score, efi_category`` and the outcome column.
     """
     at_date = as_date(at, "at")
     back = parse_months(lookback, "lookback")
@@ -209,9 +213,16 @@ def features(
             t = t.filter(keep(t))
         return t.group_by("person_id").aggregate(**{name: t.count()})
 
+    recent = months_before(at_date, 12)
     counts = [
         prior(
             "inpatient_spells", "admission_date", "emergency_admissions", lambda t: t.is_emergency
+        ),
+        prior(
+            "inpatient_spells",
+            "admission_date",
+            "emergency_admissions_12m",
+            lambda t: t.is_emergency & (t.admission_date > recent),
         ),
         prior("inpatient_spells", "admission_date", "elective_admissions", lambda t: t.is_elective),
         prior("ae_attendances", "arrival_date", "ae_attendances"),
@@ -240,6 +251,7 @@ def features(
     frame = expr.to_pandas()
     for name in (
         "emergency_admissions",
+        "emergency_admissions_12m",
         "elective_admissions",
         "ae_attendances",
         "outpatient_attendances",
@@ -250,6 +262,13 @@ def features(
     frame["polypharmacy"] = frame[POLYPHARMACY].astype(int)
     frame["efi_score"] = frame["deficit_count"] / 36
     frame["age_10"] = frame["age"] / 10
+    frame["any_emergency_12m"] = (frame["emergency_admissions_12m"] > 0).astype(int)
+    frame["efi_category"] = pd.Categorical.from_codes(
+        np.searchsorted(np.asarray(EFI_COUNT_UPPER), frame["deficit_count"].to_numpy()),
+        categories=list(EFI_CATEGORIES),
+    )
+    # 0 = least deprived quintile ... 4 = most deprived (quintile 1).
+    frame["deprivation"] = 5 - frame["imd_quintile"].astype(float)
     if with_outcome:
         frame[outcome] = (frame.pop("outcome_events").fillna(0) > 0).astype(int)
     frame = frame.drop(columns=coded)

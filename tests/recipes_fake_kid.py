@@ -323,3 +323,51 @@ def make_fake_kid(
         "n_deficits": dict(zip(person_id, n_def.tolist(), strict=True)),
     }
     return FakeKID(con=con, truth=truth, frames=frames)
+
+
+_DEFAULTS = {
+    "practice_code": "G80001",
+    "lsoa_code": "E01000001",
+    "household_id": None,
+    "registration_end": None,
+    "date_of_death": None,
+    "death_cause_icd10": None,
+    "registration_start": dt.date(2000, 1, 1),
+    "birth_month": 1,
+    "quantity": 28,
+    "cost_gbp": 1.0,
+    "provider_code": "RVV",
+    "los_days": 1,
+    "end_date": None,
+    "weekly_cost_gbp": 100.0,
+}
+
+
+def session_from_frames(frames: dict[str, pd.DataFrame]) -> FakeKID:
+    """A session over hand-written frames; absent tables are empty, absent columns defaulted."""
+    con = ibis.duckdb.connect()
+    for name in (
+        "persons",
+        "practices",
+        "lsoas",
+        "gp_events",
+        "prescriptions",
+        "inpatient_spells",
+        "ae_attendances",
+        "outpatient_appointments",
+        "social_care_packages",
+    ):
+        schema = RESEARCH_TABLES[name].arrow_schema()
+        frame = frames.get(name, pd.DataFrame(columns=schema.names))
+        tidy = pd.DataFrame(index=frame.index)
+        for col in schema.names:
+            if col in frame:
+                tidy[col] = frame[col]
+                if _DEFAULTS.get(col) is not None:
+                    tidy[col] = tidy[col].where(tidy[col].notna(), _DEFAULTS[col])
+            elif col == "extract_month":
+                tidy[col] = "2020-01"
+            else:
+                tidy[col] = _DEFAULTS.get(col)
+        con.create_table(name, pa.Table.from_pandas(tidy, schema=schema, preserve_index=False))
+    return FakeKID(con=con, frames=frames)
