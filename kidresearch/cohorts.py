@@ -184,8 +184,9 @@ def fit_propensity_score(
 
     The same algorithm and stopping rule as R's ``glm(family = binomial)`` (start at
     ``mu = (y + 0.5) / 2``; stop when the relative change in deviance is below ``tol``), so the
-    scores agree with MatchIt's ``distance = "glm"`` to about 1e-8. Vectorised in numpy: a 1.5
-    million-row, 10-column fit takes about a second.
+    scores agree with MatchIt's ``distance = "glm"`` to about 1e-8. Vectorised in numpy; above
+    100,000 rows the iterations start from a fit on an evenly spaced subsample, so a 1.5
+    million-row fit needs two or three passes over the data.
 
     Parameters
     ----------
@@ -241,26 +242,12 @@ def fit_propensity_score(
         # the same stopping rule, instead of five or six.
         sub = slice(0, None, -(-len(y) // _WARM_START_ROWS))  # at most _WARM_START_ROWS rows
         if 0 < y[sub].sum() < len(y[sub]):
-            sub_mu = fit_propensity_score(x[sub], y[sub], max_iter=max_iter, tol=1e-6)
-            beta0, *_ = np.linalg.lstsq(design[sub], np.log(sub_mu / (1 - sub_mu)), rcond=None)
+            sub_y = y[sub]
+            sub_mu = (sub_y + 0.5) / 2.0
+            beta0, _, _ = _irls(design[sub], sub_y, np.log(sub_mu / (1 - sub_mu)), max_iter, 1e-6)
             eta = design @ beta0
-            mu = 1.0 / (1.0 + np.exp(-eta))
-    deviance_old = math.inf
-    scaled = np.empty_like(design)
-    for iteration in range(1, max_iter + 1):
-        w = mu * (1.0 - mu)
-        z = eta + (y - mu) / w
-        np.multiply(design, np.sqrt(w)[:, None], out=scaled)  # reused buffer: no page faults
-        beta = np.linalg.solve(scaled.T @ scaled, design.T @ (w * z))
-        eta = design @ beta
-        mu = 1.0 / (1.0 + np.exp(-eta))
-        mu = np.clip(mu, 1e-15, 1 - 1e-15)
-        deviance = -2.0 * float(np.sum(np.log(np.where(y == 1.0, mu, 1.0 - mu))))
-        if abs(deviance - deviance_old) / (abs(deviance) + 0.1) < tol:
-            logger.debug("propensity model: %d rows, converged in %d iterations", len(y), iteration)
-            break
-        deviance_old = deviance
-    else:
+    _, mu, converged = _irls(design, y, eta, max_iter, tol)
+    if not converged:
         warnings.warn(
             f"The propensity model did not converge in {max_iter} iterations "
             "(possible separation: some covariate pattern is all treated or all control).",
@@ -268,6 +255,29 @@ def fit_propensity_score(
             stacklevel=2,
         )
     return mu
+
+
+def _irls(
+    design: np.ndarray, y: np.ndarray, eta: np.ndarray, max_iter: int, tol: float
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Logistic IRLS from linear predictor ``eta`` with R glm's deviance stopping rule."""
+    mu = 1.0 / (1.0 + np.exp(-eta))
+    deviance_old = math.inf
+    scaled = np.empty_like(design)
+    beta = np.zeros(design.shape[1])
+    for iteration in range(1, max_iter + 1):
+        w = mu * (1.0 - mu)
+        z = eta + (y - mu) / w
+        np.multiply(design, np.sqrt(w)[:, None], out=scaled)  # reused buffer: no page faults
+        beta = np.linalg.solve(scaled.T @ scaled, design.T @ (w * z))
+        eta = design @ beta
+        mu = np.clip(1.0 / (1.0 + np.exp(-eta)), 1e-15, 1 - 1e-15)
+        deviance = -2.0 * float(np.sum(np.log(np.where(y == 1.0, mu, 1.0 - mu))))
+        if abs(deviance - deviance_old) / (abs(deviance) + 0.1) < tol:
+            logger.debug("propensity model: %d rows, converged in %d iterations", len(y), iteration)
+            return beta, mu, True
+        deviance_old = deviance
+    return beta, mu, False
 
 
 def _pooled_within_cov(x: np.ndarray, t: np.ndarray) -> np.ndarray:
