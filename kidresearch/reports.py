@@ -440,59 +440,19 @@ def _find_dir(name: str) -> Path:
     return Path(__file__).resolve().parents[1] / name
 
 
-def _load_proposal(
-    proposal: str | os.PathLike[str], *, proposals_dir: Path | None = None
-) -> _Proposal:
-    """Read a proposal YAML (by path, or by id from ``proposals/``) for what the runner needs."""
-    path = Path(proposal)
-    if not path.is_file():
-        folder = proposals_dir or _find_dir("proposals")
-        candidates = [folder / f"{proposal}.yaml", folder / f"{proposal}.yml"]
-        found = [c for c in candidates if c.is_file()]
-        if not found and folder.is_dir():
-            for candidate in sorted(folder.glob("*.y*ml")):
-                try:
-                    data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
-                except yaml.YAMLError:
-                    continue
-                if isinstance(data, Mapping) and str(data.get("id")) == str(proposal):
-                    found = [candidate]
-                    break
-        if not found:
-            raise ProposalError(
-                f"No proposal '{proposal}': not a file, and no proposal with that id in {folder}"
-            )
-        path = found[0]
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ProposalError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, Mapping):
-        raise ProposalError(
-            f"{path}: expected a mapping of proposal fields, got {type(data).__name__}"
-        )
-    if not data.get("id"):
-        raise ProposalError(f"{path}: field 'id' is required (the proposal's identifier)")
-    notebooks = data.get("notebooks") or []
-    if not isinstance(notebooks, list) or not all(isinstance(n, str) for n in notebooks):
-        raise ProposalError(
-            f"{path}: field 'notebooks' must be a list of notebook file names, got {notebooks!r}"
-        )
-    for nb in notebooks:
-        if Path(nb).is_absolute() or ".." in Path(nb).parts:
-            raise ProposalError(
-                f"{path}: field 'notebooks' entry '{nb}' must be a path under notebooks/"
-            )
-    prop = _Proposal(str(data["id"]), path, tuple(_nb_name(n) for n in notebooks), dict(data))
-    expires = prop.get("expires", "expiry_date", "expiry", "dates.expires", "approval.expires")
-    if expires is not None:
-        try:
-            expiry = dt.date.fromisoformat(str(expires)[:10])
-        except ValueError as exc:
-            raise ProposalError(f"{path}: expiry date {expires!r} is not YYYY-MM-DD") from exc
-        if expiry < dt.date.today():
-            raise ProposalError(f"{path}: proposal '{prop.id}' expired on {expiry}; renew it first")
-    return prop
+def _load_proposal(proposal: str | os.PathLike[str]) -> _Proposal:
+    """Read and validate a proposal (by path, or by id from the proposals folders).
+
+    Validation (every field, approval and expiry dates) is :func:`kidresearch.access.
+    load_proposal`'s, so the runner and ``connect`` accept exactly the same proposals.
+    """
+    from kidresearch.access import load_proposal
+
+    model = load_proposal(proposal)
+    model.check_dates()
+    path = Path(model.source) if model.source else Path(str(proposal))
+    raw = model.model_dump(mode="json")
+    return _Proposal(model.id, path, tuple(_nb_name(n) for n in model.notebooks), raw)
 
 
 def _nb_name(name: str) -> str:
@@ -509,31 +469,43 @@ def _sha256(path: Path) -> str:
 
 
 def _kid_info(data: str | os.PathLike[str] | None, version: str | None) -> dict[str, Any]:
-    """KID folder, version and input hashes (from the KID version manifest, when there is one)."""
-    folder = data if data is not None else os.environ.get("KID_DATA")
-    if folder is None:
-        return {"data": None, "version": version, "input_hashes": None}
-    root = Path(folder).resolve()
-    info: dict[str, Any] = {"data": str(root), "version": version, "input_hashes": None}
-    manifests = sorted(root.glob("*/manifest.json")) + sorted(root.glob("versions/*/manifest.json"))
-    if (root / "manifest.json").is_file():
-        manifests.append(root / "manifest.json")
-    chosen = None
-    for path in manifests:
-        if version is None or path.parent.name == version:
-            chosen = path  # the latest (sorted) unless a version is pinned
-    if chosen is not None:
-        try:
-            content = json.loads(chosen.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ReportError(f"{chosen}: KID version manifest is unreadable ({exc})") from exc
-        info["version"] = content.get("version", version or chosen.parent.name)
-        info["manifest"] = str(chosen)
-        info["manifest_sha256"] = _sha256(chosen)
-        for key in ("input_hashes", "inputs", "input_sha256", "raw_inputs"):
-            if key in content:
-                info["input_hashes"] = content[key]
-                break
+    """KID folder, version and input hashes, from the KID version's ``manifest.json``.
+
+    The folder is ``data``, else ``$KID_DATA``, else the config file's (as for ``connect``); with
+    none of them the notebooks run without a KID (``data`` is None). ``version`` None or
+    ``"latest"`` means the folder's ``CURRENT`` version.
+    """
+    from kidresearch.config import resolve_data
+    from kidresearch.linkage import versions
+
+    try:
+        root = resolve_data(data)
+    except ProposalError:
+        return {"data": None, "version": None, "input_hashes": None}
+    info: dict[str, Any] = {"data": str(root), "version": None, "input_hashes": None}
+    label = versions.current_version(root) if version in (None, "latest") else version
+    if label is None:
+        log.warning("%s holds no published KID version (no CURRENT file)", root)
+        return info
+    path = root / "versions" / label / "manifest.json"
+    if not path.is_file():
+        raise ProposalError(
+            f"KID version '{label}' is not published in {root} (no {path}); published versions: "
+            + (", ".join(versions.list_versions(root)) or "none")
+        )
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path}: KID version manifest is unreadable ({exc})") from exc
+    inputs = content.get("inputs") or []
+    info.update(
+        version=content.get("version", label),
+        manifest="versions/" + label + "/manifest.json",
+        manifest_sha256=_sha256(path),
+        content_hash=content.get("content_hash"),
+        schema_hash=content.get("schema_hash"),
+        input_hashes={str(item["file"]): item["sha256"] for item in inputs},
+    )
     return info
 
 
@@ -877,7 +849,7 @@ def run(
             f"Proposal '{prop.id}' approves notebook(s) that do not exist: {', '.join(missing)}"
         )
 
-    kid = _kid_info(data, prop.get("kid_version", "kid.version"))
+    kid = _kid_info(data, prop.get("kid_version"))
     run_id = _run_id(prop, sources, user_params, kid)
     base = Path(out) / prop.id
     run_dir = base / run_id
@@ -1019,7 +991,12 @@ def run_all(
     Returns 0 when every notebook of every proposal ran, else 8 (the report error code). A
     proposal that cannot run at all (invalid, expired) is logged and counted as a failure.
     """
-    folder = Path(proposals) if proposals is not None else _find_dir("proposals")
+    if proposals is not None:
+        folder = Path(proposals)
+    else:
+        from kidresearch.config import proposal_dirs
+
+        folder = next((d for d in proposal_dirs() if d.is_dir()), _find_dir("proposals"))
     code = 0
     for path in sorted(folder.glob("*.y*ml")):
         try:
@@ -1161,28 +1138,23 @@ def verify(
 # ------------------------------------------------------------------------------- register
 _REGISTER_FIELDS = {
     "title": ("title",),
-    "organisation": ("organisation", "organization", "lead.organisation", "lead_organisation"),
-    "lead": ("lead.name", "lead_researcher", "lead", "researcher"),
-    "purpose": ("purpose", "summary"),
-    "approved": ("approved", "approval_date", "approved_on", "dates.approved", "approval.date"),
-    "expires": ("expires", "expiry_date", "expiry", "dates.expires", "approval.expires"),
+    "organisation": ("organisation",),
+    "lead": ("lead_researcher",),
+    "purpose": ("purpose",),
+    "approved": ("approved",),
+    "expires": ("expires",),
 }
 
 
 def _register_entry(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ProposalError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, Mapping) or not data.get("id"):
-        raise ProposalError(f"{path}: field 'id' is required (the proposal's identifier)")
-    prop = _Proposal(str(data["id"]), path, (), dict(data))
+    from kidresearch.access import load_proposal
+
+    model = load_proposal(path)
+    prop = _Proposal(model.id, path, (), model.model_dump(mode="json"))
     entry: dict[str, Any] = {"id": prop.id}
     for key, spellings in _REGISTER_FIELDS.items():
         value = prop.get(*spellings)
-        if isinstance(value, Mapping):
-            value = value.get("name")
-        entry[key] = None if value is None else str(value)
+        entry[key] = None if value is None else " ".join(str(value).split())
     entry["runs"] = []
     return entry
 

@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+import yaml
 
 from kidresearch import reports
 from kidresearch.cli import main
@@ -42,6 +43,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _proposal(folder: Path, name: str, **fields: object) -> Path:
+    """A copy of the test proposal with some fields changed, written to ``folder/name``."""
+    content = yaml.safe_load(PROPOSAL.read_text())
+    content.update(fields)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(content))
+    return path
 
 
 def _checked(frame: pd.DataFrame, passed: bool, reasons: list[str] | None = None):
@@ -88,7 +99,7 @@ def test_cli_exit_code_is_8_when_a_notebook_fails(tmp_path, monkeypatch):
         ["report", "run", str(PROPOSAL), "--notebooks", "tiny_no_parameters", "--out", "r", "-q"]
     )
     assert code == 8
-    assert len(list((tmp_path / "r" / "TEST-REPORTS-001").glob("*/manifest.json"))) == 1
+    assert len(list((tmp_path / "r" / "test-reports-001").glob("*/manifest.json"))) == 1
 
 
 # ------------------------------------------------------------------------------- refusals
@@ -109,8 +120,9 @@ def test_cli_refusal_exit_code_is_5(tmp_path, capsys):
 
 
 def test_expired_proposal_is_refused(tmp_path):
-    expired = tmp_path / "old.yaml"
-    expired.write_text("id: OLD-1\nexpires: '2020-01-31'\nnotebooks: [tiny_release.ipynb]\n")
+    expired = _proposal(
+        tmp_path, "old.yaml", id="old-1", approved="2019-01-01", expires="2020-01-31"
+    )
     with pytest.raises(ProposalError, match="expired on 2020-01-31"):
         reports.run(expired, out=tmp_path, notebook_dir=NOTEBOOKS)
 
@@ -122,15 +134,15 @@ def test_reserved_parameter_and_missing_notebook_are_refused(tmp_path):
         )
     with pytest.raises(ProposalError, match="do not exist: .*tiny_release.ipynb"):
         reports.run(PROPOSAL, out=tmp_path, notebook_dir=tmp_path)
-    with pytest.raises(ProposalError, match="No proposal 'NOPE-9'"):
-        reports.run("NOPE-9", out=tmp_path)
+    with pytest.raises(ProposalError, match="no proposal 'nope-9'"):
+        reports.run("nope-9", out=tmp_path)
 
 
 def test_proposal_without_id_names_the_field(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("title: no id\nnotebooks: [a.ipynb]\n")
-    with pytest.raises(ProposalError, match=r"bad.yaml: field 'id' is required"):
+    bad = _proposal(tmp_path, "bad.yaml", id=None)
+    with pytest.raises(ProposalError, match=r"bad\.yaml: id: "):
         reports.run(bad, out=tmp_path)
+    assert not (tmp_path / "test-reports-001").exists()
 
 
 # ------------------------------------------------------------------------------- released outputs
@@ -208,7 +220,7 @@ def test_html_reports_researcher_and_commissioner(batch):
 def test_manifest_records_provenance(batch):
     m = json.loads((batch.run_dir / "manifest.json").read_text())
     assert m == batch.manifest
-    assert m["proposal"]["id"] == "TEST-REPORTS-001"
+    assert m["proposal"]["id"] == "test-reports-001"
     assert m["proposal"]["sha256"] == _sha(PROPOSAL)
     assert _sha(batch.run_dir / "proposal.yaml") == _sha(PROPOSAL)
     assert m["environment"]["packages"]["pandas"] == importlib.metadata.version("pandas")
@@ -234,16 +246,25 @@ def test_manifest_records_provenance(batch):
 
 
 def test_kid_version_and_input_hashes_come_from_the_version_manifest(tmp_path):
-    version = tmp_path / "kid" / "2026-10"
-    version.mkdir(parents=True)
-    hashes = {"raw/gp_events/gp_events_2026-10.parquet": "ab" * 32}
-    (version / "manifest.json").write_text(
-        json.dumps({"version": "2026-10", "input_hashes": hashes})
-    )
-    info = reports._kid_info(tmp_path / "kid", None)
+    # The layout `kid build` publishes: CURRENT names the version; versions/<v>/manifest.json.
+    kid = tmp_path / "kid"
+    for label, digest in (("2026-09", "cd"), ("2026-10", "ab")):
+        (kid / "versions" / label).mkdir(parents=True)
+        inputs = [
+            {"file": f"gp_events/gp_events_{label}.parquet", "sha256": digest * 32, "rows": 5}
+        ]
+        (kid / "versions" / label / "manifest.json").write_text(
+            json.dumps({"version": label, "inputs": inputs, "content_hash": "x" + digest})
+        )
+    (kid / "CURRENT").write_text("2026-10\n")
+    info = reports._kid_info(kid, "latest")
     assert info["version"] == "2026-10"
-    assert info["input_hashes"] == hashes
-    assert info["manifest_sha256"] == _sha(version / "manifest.json")
+    assert info["input_hashes"] == {"gp_events/gp_events_2026-10.parquet": "ab" * 32}
+    assert info["manifest_sha256"] == _sha(kid / "versions" / "2026-10" / "manifest.json")
+    pinned = reports._kid_info(kid, "2026-09")
+    assert pinned["input_hashes"] == {"gp_events/gp_events_2026-09.parquet": "cd" * 32}
+    with pytest.raises(ProposalError, match="KID version '2025-01' is not published"):
+        reports._kid_info(kid, "2025-01")
 
 
 # ------------------------------------------------------------------------------- reproducibility
@@ -252,7 +273,7 @@ def test_rerun_with_the_same_inputs_gives_identical_released_files(batch, tmp_pa
     # The failing notebooks fail again (same ending), and every released file is identical.
     assert result.ok, str(result)
     assert list(result.comparison["status"]) == ["same"] * 8
-    rerun_dir = next((tmp_path / "TEST-REPORTS-001").iterdir())
+    rerun_dir = next((tmp_path / "test-reports-001").iterdir())
     for path in batch.released_files():
         twin = rerun_dir / path.relative_to(batch.run_dir)
         assert (
@@ -336,16 +357,20 @@ def test_register_lists_proposals_and_only_released_outputs(batch, tmp_path):
     proposals = tmp_path / "proposals"
     proposals.mkdir()
     shutil.copy(PROPOSAL, proposals)
-    (proposals / "other.yaml").write_text(
-        "id: OTHER-2\ntitle: Another study\norganisation: University of Kent\n"
-        "purpose: Nothing run yet.\napproved: '2026-02-01'\nexpires: '2099-01-01'\nnotebooks: []\n"
+    _proposal(
+        proposals,
+        "other.yaml",
+        id="other-2",
+        title="Another study",
+        organisation="University of Kent",
+        notebooks=[],
     )
     path = reports.build_register(
         proposals=proposals, reports=batch.run_dir.parents[1], out=tmp_path / "register.md"
     )
     text = path.read_text()
     register = json.loads(path.with_suffix(".json").read_text())
-    assert [p["id"] for p in register["proposals"]] == ["OTHER-2", "TEST-REPORTS-001"]
+    assert [p["id"] for p in register["proposals"]] == ["other-2", "test-reports-001"]
     test_entry = register["proposals"][1]
     assert test_entry["organisation"] == "kidresearch test suite"
     assert test_entry["approved"] == "2026-01-01"
@@ -365,13 +390,12 @@ def test_register_lists_proposals_and_only_released_outputs(batch, tmp_path):
 def test_run_all_returns_8_when_a_proposal_fails_and_builds_the_register(tmp_path, monkeypatch):
     (tmp_path / "notebooks").mkdir()
     shutil.copy(NOTEBOOKS / "tiny_no_parameters.ipynb", tmp_path / "notebooks")
-    (tmp_path / "proposals").mkdir()
-    (tmp_path / "proposals" / "a.yaml").write_text(
-        "id: A-1\ntitle: A\nnotebooks: [tiny_no_parameters.ipynb]\n"
-    )
-    (tmp_path / "proposals" / "b.yaml").write_text("id: B-1\ntitle: B\nnotebooks: []\n")
+    _proposal(tmp_path / "proposals", "a.yaml", id="a-1", notebooks=["tiny_no_parameters.ipynb"])
+    _proposal(tmp_path / "proposals", "b.yaml", id="b-1", notebooks=[])
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KID_DATA", raising=False)
+    monkeypatch.delenv("KID_PROPOSALS", raising=False)
     code = reports.run_all(data=None, out=tmp_path / "reports", progress=False)
     assert code == 8
     register = json.loads((tmp_path / "reports" / "register.json").read_text())
-    assert [p["id"] for p in register["proposals"]] == ["A-1", "B-1"]
+    assert [p["id"] for p in register["proposals"]] == ["a-1", "b-1"]
