@@ -596,7 +596,8 @@ def _standard_weights(
         return _numeric(data, standard, func, allow_na=allow_na)
     if isinstance(standard, str):  # "esp2013" and no column of that name
         esp = european_standard_population()
-        standard = pd.Series(esp["population"].to_numpy(float), index=esp["age_band"])
+        weights = esp["population"].to_numpy(float)
+        standard = weights if age_band_col is None else pd.Series(weights, index=esp["age_band"])
     if age_band_col is not None:
         if not isinstance(standard, pd.Series):
             standard = pd.Series(np.asarray(standard, dtype=float), index=list(ESP2013_BANDS)[:len(standard)])  # fmt: skip
@@ -622,6 +623,12 @@ def _standard_weights(
             )
         return direct.to_numpy(dtype=float)
     # Match by position within each group, as PHEindicatormethods' vector inputs do.
+    if isinstance(standard, pd.Series) and not isinstance(standard.index, pd.RangeIndex):
+        raise StatsError(
+            f"{func}: '{role}' is a Series indexed by label ({list(standard.index[:3])}...) but "
+            "no age_band= column was given to match it by; pass age_band= (or a plain vector "
+            "to match by position)."
+        )
     vector = np.asarray(standard, dtype=float)
     wrong = group_sizes != len(vector)
     if wrong.any():

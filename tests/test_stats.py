@@ -605,3 +605,39 @@ def test_dsr_standard_column_named_esp2013_is_used_as_a_column() -> None:
     data = pd.DataFrame({"x": [10, 30], "n": [1000, 2000], "esp2013": [1.0, 3.0]})
     out = stats.dsr(data, "x", "n", standard="esp2013")
     assert out.loc[0, "value"] == pytest.approx((0.01 * 1 + 0.015 * 3) / 4 * 1e5)
+
+
+def test_labelled_standard_without_age_band_is_refused() -> None:
+    data = pd.DataFrame({"x": [10, 30], "n": [1000, 2000]})
+    with pytest.raises(StatsError, match="pass age_band="):
+        stats.dsr(data, "x", "n", standard=pd.Series({"5-9": 5500, "0-4": 5000}))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 300), st.integers(1, 5000)), min_size=19, max_size=19),
+    st.floats(0.01, 100),
+    st.randoms(use_true_random=False),
+)
+def test_dsr_ignores_row_order_and_the_scale_of_the_standard(
+    cells: list[tuple[int, int]], scale: float, random: object
+) -> None:
+    esp = stats.european_standard_population()
+    data = pd.DataFrame(cells, columns=["x", "n"]).assign(band=esp["age_band"])
+    base = stats.dsr(data, "x", "n", age_band="band")
+    order = list(range(19))
+    random.shuffle(order)  # type: ignore[attr-defined]
+    weights = pd.Series(esp["population"].to_numpy() * scale, index=esp["age_band"])
+    moved = stats.dsr(data.iloc[order], "x", "n", age_band="band", standard=weights)
+    for column in ("value", "lowercl", "uppercl"):
+        np.testing.assert_allclose(moved[column], base[column], rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("number", "r_nchar"),
+    [(100, 3), (99999, 5), (100000, 5), (123456, 6), (1_000_000, 5), (1_200_000, 7), (1e15, 5)],
+)
+def test_funnel_axis_counts_digits_as_r_prints_numbers(number: float, r_nchar: int) -> None:
+    # R: as.character(1e5) is "1e+05" (shorter than "100000"), as.character(1200000) is
+    # "1200000" (a tie with "1.2e+06" keeps fixed notation); PHE's axis rounding uses nchar().
+    assert stats._r_nchar(number) == r_nchar
