@@ -234,6 +234,35 @@ def _discover(raw: Path, version: str | None) -> tuple[str, list[_Extract]]:
     return version, chosen
 
 
+def _check_raw_manifest(raw: Path, version: str, extracts: list[_Extract]) -> None:
+    """Compare the extracts with ``RAW/MANIFEST.json`` (when the provider sent one)."""
+    path = raw / "MANIFEST.json"
+    if not path.is_file():
+        return
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")).get("files", [])
+        listed = {e["path"]: e for e in entries}
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise FeedError(f"{path}: not a readable manifest ({exc}).") from exc
+    present = {e.relative: e for e in extracts}
+    for relative, entry in listed.items():
+        match = _FILE_NAME.match(Path(relative).name)
+        if match is None or match["month"] > version or relative.startswith("reference/"):
+            continue
+        extract = present.get(relative)
+        if extract is None:
+            raise FeedError(f"{raw / relative}: listed in {path} but missing.")
+        if entry.get("sha256") and entry["sha256"] != extract.sha256:
+            raise FeedError(
+                f"{extract.path}: content differs from {path} (sha256 mismatch): truncated, "
+                "corrupted or changed after delivery. Ask the provider to resend it."
+            )
+        if extract.rows >= 0 and "rows" in entry and int(entry["rows"]) != extract.rows:
+            raise FeedError(
+                f"{extract.path}: {extract.rows} rows but {path} lists {entry['rows']}."
+            )
+
+
 def _read_csv(extract: _Extract, table: schema.Table) -> pa.Table:
     try:
         with open(extract.path, encoding="utf-8") as fh:
@@ -516,12 +545,16 @@ class _Builder:
             ),
             dup AS (SELECT _file, count(*) AS rows_dup FROM drop_{feed}
                     WHERE kind = 'duplicate' GROUP BY _file),
-            quarantined AS (SELECT source_file AS _relative, count(*) AS rows_quarantined
-                            FROM quarantine_{feed} GROUP BY source_file)
+            quarantined AS (
+              SELECT source_file AS _relative, count(*) AS rows_quarantined,
+                     count(*) FILTER (WHERE field = 'nhs_number') AS rows_unlinkable
+              FROM quarantine_{feed} GROUP BY source_file
+            )
             SELECT f._file, f._relative, f._month,
                    coalesce(s.rows_staged, 0) AS rows_staged,
                    coalesce(s.rows_valid, 0) - coalesce(d.rows_dup, 0) AS rows_linked,
-                   coalesce(q.rows_quarantined, 0) AS rows_quarantined
+                   coalesce(q.rows_quarantined, 0) AS rows_quarantined,
+                   coalesce(q.rows_unlinkable, 0) AS rows_unlinkable
             FROM files f
             LEFT JOIN staged s USING (_file) LEFT JOIN dup d USING (_file)
             LEFT JOIN quarantined q USING (_relative)
@@ -690,37 +723,43 @@ def _table_listing(tables: Path) -> dict[str, dict]:
     return listing
 
 
+def _counts(frame: pd.DataFrame) -> dict:
+    rows_in = int(frame["rows_in"].sum())
+    unlinkable = int(frame["rows_unlinkable"].sum())
+    quarantined = int(frame["rows_quarantined"].sum())
+    return {
+        "rows_in": rows_in,
+        "rows_linked": int(frame["rows_linked"].sum()),
+        "rows_quarantined": quarantined,
+        "rows_unlinkable": unlinkable,
+        "rows_malformed": quarantined - unlinkable,
+        "linkage_rate": (rows_in - unlinkable) / rows_in if rows_in else 1.0,
+    }
+
+
 def _report(builder: _Builder, version: str, inputs: list[dict], tables: dict) -> dict:
     feeds, months = [], []
     for feed, counts in builder.counts.items():
         for month, group in counts.groupby("_month", sort=True):
-            rows_in = int(group["rows_in"].sum())
-            linked = int(group["rows_linked"].sum())
-            months.append(
-                {
-                    "feed": feed,
-                    "extract_month": month,
-                    "rows_in": rows_in,
-                    "rows_linked": linked,
-                    "rows_quarantined": int(group["rows_quarantined"].sum()),
-                    "linkage_rate": linked / rows_in if rows_in else 1.0,
-                }
-            )
-        rows_in = int(counts["rows_in"].sum())
-        linked = int(counts["rows_linked"].sum())
+            months.append({"feed": feed, "extract_month": month, **_counts(group)})
         feeds.append(
             {
                 "feed": feed,
-                "rows_in": rows_in,
-                "rows_linked": linked,
-                "rows_quarantined": int(counts["rows_quarantined"].sum()),
-                "linkage_rate": linked / rows_in if rows_in else 1.0,
+                **_counts(counts),
                 "corrections_applied": int(builder.corrections[feed]),
                 "rows_published": builder.published_rows[feed],
             }
         )
     return {
         "version": version,
+        "definitions": {
+            "rows_linked": "rows matched to the population register and well formed",
+            "rows_unlinkable": "rows whose NHS number is missing, invalid or not in the register",
+            "rows_malformed": "linkable rows that fail a data-dictionary check",
+            "linkage_rate": "(rows_in - rows_unlinkable) / rows_in",
+            "corrections_applied": "linked rows replaced by a later extract (same record_id)",
+            "rows_published": "rows_linked - corrections_applied (rows in the research table)",
+        },
         "feeds": feeds,
         "months": months,
         "reasons": builder.reasons,
@@ -812,6 +851,7 @@ def build(
             _Extract(e.feed, e.month, e.path, e.relative, e.fmt, e.rows, h)
             for e, h in zip(checked, hashes, strict=True)
         ]
+        _check_raw_manifest(raw, version, extracts)
         fingerprint = pseudonym.key_fingerprint(key)
         # CSV row counts are known only after parsing; the hash covers their bytes.
         inputs = [{"file": e.relative, "sha256": e.sha256, "rows": e.rows} for e in extracts]

@@ -9,12 +9,12 @@ Examples
 --------
 >>> report = {
 ...     "version": "2026-10",
-...     "feeds": [{"feed": "gp_events", "rows_in": 100, "rows_linked": 98,
-...                "rows_quarantined": 2, "linkage_rate": 0.98, "corrections_applied": 1,
-...                "rows_published": 97}],
+...     "feeds": [{"feed": "gp_events", "rows_in": 100, "rows_linked": 97,
+...                "rows_quarantined": 3, "rows_unlinkable": 2, "rows_malformed": 1,
+...                "linkage_rate": 0.98, "corrections_applied": 1, "rows_published": 96}],
 ...     "months": [], "reasons": [], "tables": {}, "inputs": 1,
 ... }
->>> "| gp_events | 100 | 98 | 2 | 98.00% | 1 | 97 |" in report_markdown(report)
+>>> "| gp_events | 100 | 97 | 3 | 2 | 1 | 98.00% | 1 | 96 |" in report_markdown(report)
 True
 """
 
@@ -30,6 +30,8 @@ FEED_COLUMNS = (
     "rows_in",
     "rows_linked",
     "rows_quarantined",
+    "rows_unlinkable",
+    "rows_malformed",
     "linkage_rate",
     "corrections_applied",
     "rows_published",
@@ -40,6 +42,8 @@ MONTH_COLUMNS = (
     "rows_in",
     "rows_linked",
     "rows_quarantined",
+    "rows_unlinkable",
+    "rows_malformed",
     "linkage_rate",
 )
 REASON_COLUMNS = ("feed", "field", "reason", "rows")
@@ -64,7 +68,9 @@ def report_markdown(report: dict) -> str:
         f"# Linkage report: KID version {report['version']}",
         "",
         "Rows in = rows linked + rows quarantined for every feed and extract month (checked by "
-        "the build). Linked rows later replaced by a correction in a later extract are counted "
+        "the build). Quarantined rows are unlinkable (NHS number missing, invalid or not in the "
+        "population register) or malformed (linkable but failing a data-dictionary check); the "
+        "linkage rate is (rows in - rows unlinkable) / rows in. Linked rows later replaced by a correction in a later extract are counted "
         "as linked in their own month and as corrections applied; rows published is what the "
         "research table holds. Counts only: no row data leaves the restricted area.",
         "",

@@ -4,23 +4,27 @@ Every rule is a :class:`Check`: a SQL condition that is true when a row fails, t
 concerns and a reason in words. The build evaluates all checks in one ``CASE`` expression per
 row, so a row is quarantined for the *first* failing check in this order:
 
+0. NHS number missing, not 10 digits, failing the modulus 11 check, or (for feeds other than
+   the register itself) not in the population register: the row is *unlinkable*. These come
+   first so that the unlinkable count is exactly the rows that could not be linked, whatever
+   else is wrong with them;
 1. wrong type (a value that does not parse as the column's type, e.g. ``2024-13-01`` as a date);
 2. missing required value;
 3. ``extract_month`` different from the month in the file name;
-4. not an allowed value (categorical columns), not matching the pattern (codes), below the
+4. end before start (discharge before admission, registration or package end before start),
+   checked before the single-column rules because it is the root cause of e.g. a negative
+   length of stay;
+5. not an allowed value (categorical columns), not matching the pattern (codes), below the
    minimum or above the maximum (e.g. negative costs);
-5. dates before 1900-01-01 or after the last day of the extract month (future dates);
-6. end before start (discharge before admission, registration or package end before start);
-7. unknown practice or LSOA code (not in the reference tables sent with the feeds);
-8. NHS number missing, not 10 digits, failing the modulus 11 check, or (for feeds other than
-   the register itself) not in the population register.
+6. dates before 1900-01-01 or after the last day of the extract month (future dates);
+7. unknown practice or LSOA code (not in the reference tables sent with the feeds).
 
 Examples
 --------
 >>> from kidresearch.schema import RAW_FEEDS
 >>> checks = feed_checks(RAW_FEEDS["inpatient_spells"], source_types={}, linked=True)
->>> [c.reason for c in checks if c.field == "discharge_date"][-1]
-'discharge_date before admission_date'
+>>> "discharge_date before admission_date" in [c.reason for c in checks]
+True
 >>> duckdb_type("int8"), duckdb_type("date")
 ('TINYINT', 'DATE')
 """
@@ -155,8 +159,32 @@ def feed_checks(
     linked
         Whether rows must match the population register (every feed but ``registrations``).
     """
-    checks: list[Check] = []
     cols = [c for c in table.columns if c.name != "nhs_number"]
+    nhs_raw = "CAST(nhs_number AS VARCHAR)"
+    checks: list[Check] = [
+        Check("nhs_number", "nhs_number missing", "NULLIF(_nhs, '') IS NULL", "NULL"),
+        Check(
+            "nhs_number",
+            "nhs_number not 10 digits",
+            "NOT regexp_full_match(_nhs, '[0-9]{10}')",
+            nhs_raw,
+        ),
+        Check(
+            "nhs_number",
+            "nhs_number fails the modulus 11 check",
+            f"NOT {sql_nhs_valid('_nhs')}",
+            nhs_raw,
+        ),
+    ]
+    if linked:
+        checks.append(
+            Check(
+                "nhs_number",
+                "nhs_number not in the population register",
+                "_person_id IS NULL",
+                nhs_raw,
+            )
+        )
 
     def typed(c: Column) -> str:
         return f"t_{c.name}"
@@ -189,6 +217,15 @@ def feed_checks(
             value(table.column("extract_month")),
         )
     )
+    for end, start in END_BEFORE_START.get(table.name, ()):
+        checks.append(
+            Check(
+                end,
+                f"{end} before {start}",
+                f"t_{end} < t_{start}",
+                f"CAST(t_{end} AS VARCHAR) || ' < ' || CAST(t_{start} AS VARCHAR)",
+            )
+        )
     for c in cols:
         t = typed(c)
         if c.allowed:
@@ -240,15 +277,6 @@ def feed_checks(
                     f"CAST({t} AS VARCHAR)",
                 )
             )
-    for end, start in END_BEFORE_START.get(table.name, ()):
-        checks.append(
-            Check(
-                end,
-                f"{end} before {start}",
-                f"t_{end} < t_{start}",
-                f"CAST(t_{end} AS VARCHAR) || ' < ' || CAST(t_{start} AS VARCHAR)",
-            )
-        )
     for c in cols:
         if c.name in REFERENCE_CODES:
             ref, ref_col = REFERENCE_CODES[c.name]
@@ -260,31 +288,6 @@ def feed_checks(
                     typed(c),
                 )
             )
-    nhs_raw = "CAST(nhs_number AS VARCHAR)"
-    checks += [
-        Check("nhs_number", "nhs_number missing", "NULLIF(_nhs, '') IS NULL", "NULL"),
-        Check(
-            "nhs_number",
-            "nhs_number not 10 digits",
-            "NOT regexp_full_match(_nhs, '[0-9]{10}')",
-            nhs_raw,
-        ),
-        Check(
-            "nhs_number",
-            "nhs_number fails the modulus 11 check",
-            f"NOT {sql_nhs_valid('_nhs')}",
-            nhs_raw,
-        ),
-    ]
-    if linked:
-        checks.append(
-            Check(
-                "nhs_number",
-                "nhs_number not in the population register",
-                "_person_id IS NULL",
-                nhs_raw,
-            )
-        )
     return checks
 
 
