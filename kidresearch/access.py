@@ -157,16 +157,30 @@ class Population(_Strict):
 
 
 class StudyPeriod(_Strict):
-    """First and last day (inclusive) of the events a proposal may see."""
+    """The study period: events from ``lookback_start`` (default ``start``) to ``end``, inclusive.
+
+    ``start`` is the date the population is defined on (age, registration). ``lookback_start``
+    approves history before it for baseline covariates, e.g. deficits ever coded for the eFI or
+    the 24 months of prior use a risk model needs; without it, events before ``start`` are not
+    visible.
+    """
 
     start: date
     end: date
+    lookback_start: date | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> StudyPeriod:
         if self.start > self.end:
             raise ValueError(f"start {self.start} is after end {self.end}")
+        if self.lookback_start is not None and self.lookback_start > self.start:
+            raise ValueError(f"lookback_start {self.lookback_start} is after start {self.start}")
         return self
+
+    @property
+    def first_event_date(self) -> date:
+        """The earliest event date a session shows."""
+        return self.lookback_start or self.start
 
 
 class _OutputPolicy(BaseModel):
@@ -888,7 +902,7 @@ class KID:
         if schema.date_column and name not in REFERENCE:
             table = table.filter(
                 table[schema.date_column].between(
-                    ibis.literal(period.start), ibis.literal(period.end)
+                    ibis.literal(period.first_event_date), ibis.literal(period.end)
                 )
             )
         if not schema.person_column:

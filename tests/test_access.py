@@ -209,6 +209,16 @@ def test_unknown_column_error_names_file_table_and_allowed_columns(tmp_path: Pat
         ({"population": {"practices": ["A123"]}}, "practice code(s) 'A123' do not match"),
         ({"study_period": {"start": "2026-01-01", "end": "2025-01-01"}}, "study_period: start"),
         ({"approved": "2026-05-01", "expires": "2026-01-01"}, "expires 2026-01-01 is before"),
+        (
+            {
+                "study_period": {
+                    "start": "2025-01-01",
+                    "end": "2026-01-01",
+                    "lookback_start": "2025-06-01",
+                }
+            },
+            "study_period: lookback_start 2025-06-01 is after start 2025-01-01",
+        ),
         ({"id": "Bad Id!"}, "id: String should match pattern"),
         ({"colour": "blue"}, "colour: unknown field"),
         ({"notebooks": ["../../etc/passwd"]}, "notebooks: notebook name(s)"),
@@ -321,6 +331,24 @@ def test_event_tables_hold_only_population_events_in_the_study_period(kid: KID) 
     assert sorted(got.person_id.unique()) == sorted(want.person_id.map(pseudonym).unique())
     spells = kid.table("inpatient_spells").to_pandas()
     assert list(spells.columns) == RESEARCH_TABLES["inpatient_spells"].column_names
+
+
+def test_lookback_start_shows_history_before_the_study_start(kid_dir: Path) -> None:
+    period = {"start": START.isoformat(), "end": END.isoformat(), "lookback_start": "2022-07-01"}
+    prop = Proposal.model_validate(proposal_dict(id="with-lookback", study_period=period))
+    with connect(prop, kid_dir) as session:
+        got = session.table("gp_events").to_pandas()
+        n_persons = len(session.table("persons").to_pandas())
+    events = frames()["gp_events"]
+    dates = pd.to_datetime(events.event_date)
+    want = events[
+        events.person_id.isin(expected_population().person_id)
+        & (dates >= pd.Timestamp("2022-07-01"))
+        & (dates <= pd.Timestamp(END))
+    ]
+    assert len(got) == len(want)
+    assert pd.to_datetime(got.event_date).min() < pd.Timestamp(START)
+    assert n_persons == len(expected_population())  # the population is still defined at start
 
 
 def test_emergency_admissions_by_practice_month_match_pandas(kid: KID) -> None:
