@@ -641,3 +641,74 @@ def test_funnel_axis_counts_digits_as_r_prints_numbers(number: float, r_nchar: i
     # R: as.character(1e5) is "1e+05" (shorter than "100000"), as.character(1200000) is
     # "1200000" (a tie with "1.2e+06" keeps fixed notation); PHE's axis rounding uses nchar().
     assert stats._r_nchar(number) == r_nchar
+
+
+# ------------------------------------------------------------------------------------------
+# PHEindicatormethods' own calculation code run in R 4.2.2 (peer_*.csv, see the README)
+# ------------------------------------------------------------------------------------------
+
+PEER_LIMITS = ["value", "lower95_0cl", "upper95_0cl", "lower99_8cl", "upper99_8cl"]
+BOTH = (0.95, 0.998)
+
+
+def _assert_peer(ours: pd.DataFrame, peer: pd.DataFrame, keys: list[str]) -> None:
+    ours = ours.sort_values(keys, ignore_index=True) if keys else ours
+    peer = peer.sort_values(keys, ignore_index=True) if keys else peer
+    assert len(ours) == len(peer)
+    for column in PEER_LIMITS:
+        np.testing.assert_allclose(
+            ours[column].to_numpy(float), peer[column].to_numpy(float), rtol=1e-9, atol=1e-12
+        )
+    for column in ("confidence", "statistic", "method"):
+        assert ours[column].astype(str).tolist() == peer[column].tolist()
+
+
+def test_proportion_matches_phe_code_run_in_r() -> None:
+    data = _ref("peer_crude_inputs.csv")
+    rows = stats.proportion(data, "x", "n", confidence=BOTH, multiplier=100)
+    _assert_peer(rows, _ref("peer_proportion_rows.csv"), [])
+    by_area = stats.proportion(data, "x", "n", by="area", confidence=BOTH)
+    _assert_peer(by_area, _ref("peer_proportion_by_area.csv"), ["area"])
+
+
+def test_rate_matches_phe_code_run_in_r() -> None:
+    data = _ref("peer_crude_inputs.csv")
+    rows = stats.rate(data, "x", "n", confidence=BOTH)
+    _assert_peer(rows, _ref("peer_rate_rows.csv"), [])
+    by_area = stats.rate(data, "x", "n", by="area", confidence=BOTH, multiplier=1000)
+    _assert_peer(by_area, _ref("peer_rate_by_area.csv"), ["area"])
+
+
+@pytest.mark.parametrize(("by", "name"), [(["area", "sex"], "by_area_sex"), (["area"], "by_area")])
+def test_dsr_matches_phe_code_run_in_r(by: list[str], name: str) -> None:
+    data = _ref("peer_standardised_inputs.csv")
+    peer = _ref(f"peer_dsr_{name}.csv")
+    # ESP weights looked up from the age-band labels, not the esp2013 column the R run used.
+    ours = stats.dsr(data, "obs", "pop", by=by, age_band="ageband", confidence=BOTH)
+    _assert_peer(ours, peer, by)
+    np.testing.assert_array_equal(ours["total_count"], peer.sort_values(by)["total_count"])
+    np.testing.assert_array_equal(ours["total_pop"], peer.sort_values(by)["total_pop"])
+
+
+def test_isr_matches_phe_code_run_in_r() -> None:
+    data = _ref("peer_standardised_inputs.csv")
+    ratio = stats.isr(
+        data,
+        "obs",
+        "pop",
+        x_ref="refcount",
+        n_ref="refpop",
+        by=["area", "sex"],
+        confidence=BOTH,
+        refvalue=100,
+    )
+    peer = _ref("peer_isratio_by_area_sex.csv")
+    _assert_peer(ratio, peer, ["area", "sex"])
+    np.testing.assert_allclose(ratio["expected"], peer["expected"], rtol=1e-12)
+    rate = stats.isr(
+        data, "obs", "pop", x_ref="refcount", n_ref="refpop", by="area", kind="rate",
+        confidence=BOTH,
+    )  # fmt: skip
+    peer_rate = _ref("peer_israte_by_area.csv")
+    _assert_peer(rate, peer_rate, ["area"])
+    np.testing.assert_allclose(rate["ref_rate"], peer_rate["ref_rate"], rtol=1e-12)
