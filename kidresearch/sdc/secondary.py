@@ -220,6 +220,192 @@ def _close_singletons(a_abs: sp.csr_matrix, suppressed: np.ndarray, cost: np.nda
         suppressed[pick] = True
 
 
+class _Hypercubes:
+    """Generalised hypercube search, batched: one certified perturbation per primary cell.
+
+    Along each dimension a 1-D vector ``u_d`` satisfies that dimension's hierarchy equations: a
+    node (with a chain down to a leaf if it is a total) against a sibling (and its chain) with
+    the opposite sign, or the node moving together with all its ancestors (the "up" vector,
+    costly but always wide). The tensor product ``v = u_1 x ... x u_k`` satisfies every
+    equation of the table, so moving the cells of its support by ``t * v`` leaves the released
+    cells and totals unchanged. With cells bounded below by ``lower``, ``t`` ranges over
+    ``[-min(x[v > 0] - lower), min(x[v < 0] - lower)]``; the length of that interval is a
+    proven lower bound on the feasible-range width of every cell in the support. Partners are
+    chosen along the primary cell's own lines: already hidden cells first, then the smallest
+    values wide enough to protect it; the cheapest certified combination (sum of newly hidden
+    values) wins.
+    """
+
+    def __init__(
+        self,
+        structure: TableStructure,
+        values: np.ndarray,
+        suppressed: np.ndarray,
+        required: np.ndarray,
+        lower: float,
+        n_siblings: int = 3,
+    ) -> None:
+        self.shape = structure.shape
+        self.k = len(self.shape)
+        self.parents = [np.asarray(p, dtype=np.int64) for p in structure.parents]
+        self.kids: list[np.ndarray] = []
+        self.sibs: list[np.ndarray] = []
+        self.depth: list[int] = []
+        for par in self.parents:
+            n_nodes = len(par)
+            kids: list[list[int]] = [[] for _ in range(n_nodes)]
+            for node, pa in enumerate(par):
+                if pa >= 0:
+                    kids[pa].append(node)
+            width = max([len(x) for x in kids] + [0])
+            kid_arr = np.full((n_nodes, width), -1, dtype=np.int64)
+            for node, x in enumerate(kids):
+                kid_arr[node, : len(x)] = x
+            self.kids.append(kid_arr)
+            sib_arr = np.full((n_nodes, max(width - 1, 0)), -1, dtype=np.int64)
+            for node, pa in enumerate(par):
+                if pa >= 0:
+                    others = [x for x in kids[pa] if x != node]
+                    sib_arr[node, : len(others)] = others
+            self.sibs.append(sib_arr)
+            depth = np.zeros(n_nodes, dtype=np.int64)
+            for _ in range(n_nodes):
+                nxt = np.where(par >= 0, depth[np.maximum(par, 0)] + 1, 0)
+                if np.array_equal(nxt, depth):
+                    break
+                depth = nxt
+            self.depth.append(int(depth.max(initial=0)))
+        self.strides = np.array(
+            [int(np.prod(self.shape[d + 1 :])) for d in range(self.k)], dtype=np.int64
+        )
+        self.values = values
+        self.suppressed = suppressed
+        self.required = required
+        self.lower = lower if np.isfinite(lower) else 0.0
+        self.bounded = bool(np.isfinite(lower))
+        self.big = float(np.abs(values).max(initial=0.0)) * 4.0 + 1.0
+        self.n_siblings = n_siblings
+
+    def _score(self, flat: np.ndarray, req: np.ndarray, absent: np.ndarray) -> np.ndarray:
+        x = self.values[flat]
+        score = np.where(
+            self.suppressed[flat], 0.0, np.where(x - self.lower >= req, x, x + self.big)
+        )
+        return np.where(absent, np.inf, score)
+
+    def _down(self, base: np.ndarray, d: int, start: np.ndarray, req: np.ndarray) -> np.ndarray:
+        """Chain from each start node down to a leaf along the primary's line (-1 padded)."""
+        m = len(start)
+        out = np.full((m, self.depth[d]), -1, dtype=np.int64)
+        cur = start.copy()
+        if self.kids[d].shape[1] == 0:
+            return out
+        for h in range(self.depth[d]):
+            kids = np.where((cur >= 0)[:, None], self.kids[d][np.maximum(cur, 0)], -1)
+            flat = base[:, None] + np.maximum(kids, 0) * self.strides[d]
+            score = self._score(flat, req[:, None], kids < 0)
+            j = np.argmin(score, axis=1)
+            child = kids[np.arange(m), j]
+            child = np.where(np.isfinite(score[np.arange(m), j]), child, -1)
+            out[:, h] = child
+            cur = child
+        return out
+
+    def _vectors(
+        self, base: np.ndarray, d: int, c: np.ndarray, req: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m = len(c)
+        h = self.depth[d]
+        dn_c = self._down(base, d, c, req)
+        up = np.full((m, h), -1, dtype=np.int64)
+        a = self.parents[d][c]
+        for i in range(h):
+            up[:, i] = a
+            a = np.where(a >= 0, self.parents[d][np.maximum(a, 0)], -1)
+        sib_all = self.sibs[d][c]
+        n_s = min(self.n_siblings, sib_all.shape[1])
+        if n_s:
+            flat = base[:, None] + np.maximum(sib_all, 0) * self.strides[d]
+            score = self._score(flat, req[:, None], sib_all < 0)
+            order = np.argsort(score, axis=1, kind="stable")[:, :n_s]
+            sib = np.take_along_axis(sib_all, order, axis=1)
+        else:
+            sib = np.empty((m, 0), dtype=np.int64)
+        length = 2 + 2 * h
+        nodes = np.full((m, 1 + n_s, length), -1, dtype=np.int64)
+        signs = np.zeros((m, 1 + n_s, length))
+        head = np.column_stack([c, dn_c])
+        nodes[:, 0, : 1 + h] = head
+        nodes[:, 0, 1 + h : 1 + 2 * h] = up
+        signs[:, 0, : 1 + 2 * h] = 1.0
+        valid = np.ones((m, 1 + n_s), dtype=bool)
+        for j in range(n_s):
+            s_j = sib[:, j]
+            dn_s = self._down(base, d, s_j, req)
+            nodes[:, 1 + j, : 1 + h] = head
+            nodes[:, 1 + j, 1 + h] = s_j
+            nodes[:, 1 + j, 2 + h : 2 + 2 * h] = dn_s
+            signs[:, 1 + j, : 1 + h] = 1.0
+            signs[:, 1 + j, 1 + h : 2 + 2 * h] = -1.0
+            valid[:, 1 + j] = s_j >= 0
+        signs = np.where(nodes >= 0, signs, 0.0)
+        # Pack each vector's nodes to the left and drop padding columns nobody uses.
+        order = np.argsort(nodes < 0, axis=2, kind="stable")
+        nodes = np.take_along_axis(nodes, order, axis=2)
+        signs = np.take_along_axis(signs, order, axis=2)
+        used = int((nodes >= 0).sum(axis=2).max(initial=1))
+        nodes, signs = nodes[:, :, :used], signs[:, :, :used]
+        # A root without parent or children (dimension without margins) moves alone.
+        return nodes, signs, valid
+
+    def cover(self, cells: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """Suppress the cheapest certified hypercube through each cell; returns which succeeded."""
+        k = self.k
+        m = len(cells)
+        coords = np.array(np.unravel_index(cells, self.shape), dtype=np.int64)
+        req = self.required[cells]
+        flat = np.zeros((m,) + (1,) * (2 * k), dtype=np.int64)
+        sign = np.ones((m,) + (1,) * (2 * k))
+        valid = np.ones((m,) + (1,) * k, dtype=bool)
+        for d in range(k):
+            base = cells - coords[d] * self.strides[d]
+            nodes, signs, ok_d = self._vectors(base, d, coords[d], req)
+            shape = [m] + [1] * (2 * k)
+            shape[1 + d] = nodes.shape[1]
+            shape[1 + k + d] = nodes.shape[2]
+            flat = flat + np.maximum(nodes, 0).reshape(shape) * self.strides[d]
+            sign = sign * signs.reshape(shape)
+            vshape = [m] + [1] * k
+            vshape[1 + d] = nodes.shape[1]
+            valid = valid & ok_d.reshape(vshape)
+        full = np.broadcast_shapes(flat.shape, sign.shape)
+        flat = np.broadcast_to(flat, full).reshape(m, -1, int(np.prod(full[1 + k :])))
+        sign = np.broadcast_to(sign, full).reshape(m, -1, int(np.prod(full[1 + k :])))
+        valid = np.broadcast_to(valid, full[: 1 + k]).reshape(m, -1)
+        in_support = sign != 0
+        x = self.values[flat] - self.lower
+        t_plus = np.where(sign < 0, x, np.inf).min(axis=2)
+        t_minus = np.where(sign > 0, x, np.inf).min(axis=2)
+        widths = t_plus + t_minus if self.bounded else np.full(t_plus.shape, np.inf)
+        need = np.where(in_support, self.required[flat], 0.0).max(axis=2)
+        new = in_support & ~self.suppressed[flat]
+        cost = np.where(new, np.abs(self.values[flat]), 0.0).sum(axis=2)
+        ok = valid & (widths >= need - _TOL)
+        # Per primary: the cheapest certified combination (ties: the first); else the widest.
+        best_ok = np.argmin(np.where(ok, cost, np.inf), axis=1)
+        widest = np.argmax(np.where(valid, widths, -np.inf), axis=1)
+        any_ok = ok.any(axis=1)
+        best = np.where(any_ok, best_ok, widest)
+        rows = np.arange(m)
+        members = flat[rows, best]
+        member_in = in_support[rows, best]
+        chosen = members[member_in]
+        self.suppressed[chosen] = True
+        w = np.repeat(widths[rows, best], member_in.sum(axis=1))
+        np.maximum.at(width, chosen, w)
+        return any_ok
+
+
 def protect(
     values: np.ndarray,
     primary: np.ndarray,
@@ -229,6 +415,7 @@ def protect(
     lower: float = 0.0,
     seed: int = 0,
     random_rounds: int = 3,
+    batch_size: int = 256,
 ) -> SecondaryResult:
     """Choose secondary suppressions so that every suppressed cell keeps a wide feasible range.
 
@@ -277,7 +464,23 @@ def protect(
     big = float(np.nanmax(np.abs(values))) + 1.0 if n else 1.0
     cost = np.where(values > 0, values, big * 4.0)
 
-    certified = ~suppressed | (required <= 0)
+    # 1. Hypercubes: one certified perturbation per primary cell, cheapest first.
+    proven = np.zeros(n)
+    cubes = _Hypercubes(structure, values, suppressed, required, lower)
+    # Totals first: their hypercubes reach down to leaves and often cover leaf primaries too.
+    coords = np.unravel_index(np.arange(n), structure.shape)
+    levels = sum(
+        (kids[:, 0] >= 0 if kids.shape[1] else np.zeros(len(kids), dtype=bool))[c].astype(int)
+        for kids, c in zip(cubes.kids, coords, strict=True)
+    )
+    prim = np.flatnonzero(suppressed)
+    prim = prim[np.lexsort((prim, -levels[prim]))]
+    for start in range(0, len(prim), batch_size):
+        batch = prim[start : start + batch_size]
+        batch = batch[proven[batch] < required[batch] - _TOL]
+        if len(batch):
+            cubes.cover(batch, proven)
+    certified = ~suppressed | (proven >= required - _TOL)
     lo_seen = values.copy()
     hi_seen = values.copy()
     rng = np.random.default_rng(seed)
@@ -286,6 +489,8 @@ def protect(
     box = big * 4.0 + float(np.max(required, initial=0.0)) * 4.0
     while True:
         rounds += 1
+        if certified[suppressed].all():
+            break
         _close_singletons(a_abs, suppressed, cost)
         certified |= ~suppressed
         certified[suppressed] |= required[suppressed] <= 0
@@ -330,7 +535,7 @@ def protect(
                     "released cells considered; this should not happen for consistent tables"
                 )
             suppressed[cand[np.lexsort((cand, cost[cand]))][0]] = True
-    width = np.where(suppressed, hi_seen - lo_seen, np.nan)
+    width = np.where(suppressed, np.maximum(hi_seen - lo_seen, proven), np.nan)
     secondary = suppressed & ~np.asarray(primary, dtype=bool)
     logger.info(
         "secondary suppression: %d primary, %d secondary, %d LPs, %d rounds",

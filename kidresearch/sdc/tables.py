@@ -336,12 +336,16 @@ def _primary(
     t = policy.threshold
 
     def fire(mask: np.ndarray, name: str, texts: Any) -> None:
-        m = mask & (rule == "")
+        """Record ``name`` for cells where ``mask`` holds and no earlier rule fired.
+
+        ``texts`` is a string, or a function from cell positions to reason strings (so reasons
+        are only formatted for the cells that need one).
+        """
+        m = np.flatnonzero(mask & (rule == ""))
+        if len(m) == 0:
+            return
         rule[m] = name
-        if isinstance(texts, str):
-            reason[m] = texts
-        else:
-            reason[m] = np.asarray(texts, dtype=object)[m]
+        reason[m] = texts if isinstance(texts, str) else np.asarray(texts(m), dtype=object)
 
     if kind in ("min", "max") and not policy.allow_min_max:
         fire(
@@ -355,9 +359,7 @@ def _primary(
     fire(
         small,
         "threshold",
-        np.array([f"count {_fmt(v)} is below the threshold of {t}" for v in n], dtype=object)
-        if small.any()
-        else "",
+        lambda m: [f"count {_fmt(v)} is below the threshold of {t}" for v in n[m]],
     )
     if kind in ("sum", "mean"):
         negative = stats.neg > 0
@@ -373,48 +375,45 @@ def _primary(
         # ACRO: a zero total gives 0/0, which its mask treats as failing; so do we (every
         # contribution is then 0, which is itself revealed).
         dom = (n > 0) & ~negative & (~np.isfinite(share) | (share >= policy.dominance_k))
-        if dom.any():
-            texts = np.array(
-                [
-                    "all contributions are zero, so each one is revealed"
-                    if not np.isfinite(s)
-                    else f"the {policy.dominance_n} largest contributions make up {s:.0%} of the "
-                    f"total (limit {policy.dominance_k:.0%})"
-                    for s in share
-                ],
-                dtype=object,
-            )
-            fire(dom, "dominance", texts)
+        fire(
+            dom,
+            "dominance",
+            lambda m: [
+                "all contributions are zero, so each one is revealed"
+                if not np.isfinite(s)
+                else f"the {policy.dominance_n} largest contributions make up {s:.0%} of the "
+                f"total (limit {policy.dominance_k:.0%})"
+                for s in share[m]
+            ],
+        )
         top1 = stats.top[:, 0]
         top2 = np.nan_to_num(stats.top[:, 1]) if stats.top.shape[1] > 1 else 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
             rest = np.where(top1 > 0, (stats.total - top1 - top2) / top1, 0.0)
         pr = (n > 0) & ~negative & (rest < policy.p_ratio)
-        if pr.any():
-            texts = np.array(
-                [
-                    f"p% rule: the rest of the cell is {r:.1%} of its largest contribution "
-                    f"(needs {policy.p_ratio:.0%}), so the second largest could estimate it"
-                    for r in rest
-                ],
-                dtype=object,
-            )
-            fire(pr, "p_ratio", texts)
+        fire(
+            pr,
+            "p_ratio",
+            lambda m: [
+                f"p% rule: the rest of the cell is {r:.1%} of its largest contribution "
+                f"(needs {policy.p_ratio:.0%}), so the second largest could estimate it"
+                for r in rest[m]
+            ],
+        )
     if kind == "percentile" and q is not None:
         m = policy.percentile_min_each_side
         below = np.floor(q * n)
         above = np.floor((1 - q) * n)
         side = (n > 0) & ((below < m) | (above < m))
-        if side.any():
-            texts = np.array(
-                [
-                    f"a percentile needs {m} records on each side; this cell has "
-                    f"{_fmt(b)} below and {_fmt(a)} above"
-                    for b, a in zip(below, above, strict=True)
-                ],
-                dtype=object,
-            )
-            fire(side, "percentile", texts)
+        fire(
+            side,
+            "percentile",
+            lambda idx: [
+                f"a percentile needs {m} records on each side; this cell has "
+                f"{_fmt(b)} below and {_fmt(a)} above"
+                for b, a in zip(below[idx], above[idx], strict=True)
+            ],
+        )
     return rule, reason, review
 
 
