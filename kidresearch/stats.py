@@ -225,6 +225,25 @@ def _labels(
     return pd.Categorical.from_codes(codes, categories=[label, other])
 
 
+def _check_count(x: np.ndarray | float, func: str) -> np.ndarray:
+    values = np.asarray(x, dtype=float)
+    if (values < 0).any():
+        raise StatsError(f"{func}: observed counts 'x' must be >= 0. Got {values.min():g}.")
+    return values
+
+
+def _check_binomial(
+    x: np.ndarray | float, n: np.ndarray | float, func: str
+) -> tuple[np.ndarray, np.ndarray]:
+    xs = _check_count(x, func)
+    ns = np.asarray(n, dtype=float)
+    if (ns <= 0).any():
+        raise StatsError(f"{func}: sample sizes 'n' must be > 0. Got {ns.min():g}.")
+    if (xs > ns).any():
+        raise StatsError(f"{func}: 'x' must be less than or equal to 'n' for a proportion.")
+    return xs, ns
+
+
 def _z(level: float) -> float:
     return float(_sps.norm.ppf(level + (1 - level) / 2))
 
@@ -234,7 +253,9 @@ def _z(level: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def wilson_lower(x: np.ndarray | float, n: np.ndarray | float, confidence: float = 0.95):
+def wilson_lower(
+    x: np.ndarray | float, n: np.ndarray | float, confidence: float = 0.95
+) -> np.ndarray:
     """Lower Wilson score limit of the proportion ``x / n``.
 
     Parameters
@@ -255,15 +276,16 @@ def wilson_lower(x: np.ndarray | float, n: np.ndarray | float, confidence: float
     0.552544
     """
     (level,) = _confidence_levels(confidence, "wilson_lower")
-    x = np.asarray(x, dtype=float)
-    n = np.asarray(n, dtype=float)
+    x, n = _check_binomial(x, n, "wilson_lower")
     if level == 1:
         return np.zeros(np.broadcast(x, n).shape)
     z = _z(level)
     return (2 * x + z**2 - z * np.sqrt(z**2 + 4 * x * (1 - x / n))) / 2 / (n + z**2)
 
 
-def wilson_upper(x: np.ndarray | float, n: np.ndarray | float, confidence: float = 0.95):
+def wilson_upper(
+    x: np.ndarray | float, n: np.ndarray | float, confidence: float = 0.95
+) -> np.ndarray:
     """Upper Wilson score limit of the proportion ``x / n`` (see :func:`wilson_lower`).
 
     Examples
@@ -272,15 +294,14 @@ def wilson_upper(x: np.ndarray | float, n: np.ndarray | float, confidence: float
     0.736358
     """
     (level,) = _confidence_levels(confidence, "wilson_upper")
-    x = np.asarray(x, dtype=float)
-    n = np.asarray(n, dtype=float)
+    x, n = _check_binomial(x, n, "wilson_upper")
     if level == 1:
         return np.ones(np.broadcast(x, n).shape)
     z = _z(level)
     return (2 * x + z**2 + z * np.sqrt(z**2 + 4 * x * (1 - x / n))) / 2 / (n + z**2)
 
 
-def byars_lower(x: np.ndarray | float, confidence: float = 0.95):
+def byars_lower(x: np.ndarray | float, confidence: float = 0.95) -> np.ndarray:
     """Byar's lower limit for a Poisson count ``x`` (Breslow and Day 1987).
 
     ``x (1 - 1/(9x) - z/(3 sqrt(x)))^3``; negative results (tiny counts, very high confidence)
@@ -292,7 +313,7 @@ def byars_lower(x: np.ndarray | float, confidence: float = 0.95):
     50.163188
     """
     (level,) = _confidence_levels(confidence, "byars_lower")
-    x = np.asarray(x, dtype=float)
+    x = _check_count(x, "byars_lower")
     z = _z(level)
     with np.errstate(divide="ignore", invalid="ignore"):
         base = 1 - 1 / (9 * x) - z / (3 * np.sqrt(x))
@@ -300,7 +321,7 @@ def byars_lower(x: np.ndarray | float, confidence: float = 0.95):
     return np.where(out < 0, np.nan, out)
 
 
-def byars_upper(x: np.ndarray | float, confidence: float = 0.95):
+def byars_upper(x: np.ndarray | float, confidence: float = 0.95) -> np.ndarray:
     """Byar's upper limit for a Poisson count ``x``: ``(x+1)(1 - 1/(9(x+1)) + z/(3 sqrt(x+1)))^3``.
 
     Examples
@@ -309,7 +330,7 @@ def byars_upper(x: np.ndarray | float, confidence: float = 0.95):
     82.849139
     """
     (level,) = _confidence_levels(confidence, "byars_upper")
-    x = np.asarray(x, dtype=float) + 1
+    x = _check_count(x, "byars_upper") + 1
     z = _z(level)
     base = 1 - 1 / (9 * x) + z / (3 * np.sqrt(x))
     return x * (base * base * base)

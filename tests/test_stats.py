@@ -712,3 +712,12 @@ def test_isr_matches_phe_code_run_in_r() -> None:
     peer_rate = _ref("peer_israte_by_area.csv")
     _assert_peer(rate, peer_rate, ["area"])
     np.testing.assert_allclose(rate["ref_rate"], peer_rate["ref_rate"], rtol=1e-12)
+
+
+def test_interval_primitives_reject_impossible_counts() -> None:
+    with pytest.raises(StatsError, match="byars_lower: observed counts 'x' must be >= 0"):
+        stats.byars_lower(np.array([3.0, -1.0]))
+    with pytest.raises(StatsError, match="wilson_upper: 'x' must be less than or equal to 'n'"):
+        stats.wilson_upper(5, 4)
+    with pytest.raises(StatsError, match="sample sizes 'n' must be > 0"):
+        stats.wilson_lower(0, 0)
