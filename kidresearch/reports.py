@@ -698,7 +698,7 @@ def _run_id(proposal: _Proposal, sources: list[Path], params: dict[str, Any], ki
     digest.update(proposal.path.read_bytes())
     for src in sources:
         digest.update(src.name.encode())
-        digest.update(src.read_bytes())
+        digest.update(src.read_bytes() if src.is_file() else b"")
     digest.update(json.dumps(params, sort_keys=True, default=str).encode())
     digest.update(json.dumps([kid.get("version"), kid.get("input_hashes")], default=str).encode())
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -844,7 +844,7 @@ def run(
     folder = Path(notebook_dir) if notebook_dir is not None else _find_dir("notebooks")
     sources = [folder / n for n in wanted]
     missing = [str(s) for s in sources if not s.is_file()]
-    if missing:
+    if len(missing) == len(sources):
         raise ProposalError(
             f"Proposal '{prop.id}' approves notebook(s) that do not exist: {', '.join(missing)}"
         )
@@ -879,6 +879,25 @@ def run(
         for name, src in zip(wanted, sources, strict=True):
             bar.update(task, description=f"{prop.id}: {name}")
             stem = Path(name).with_suffix("").as_posix().replace("/", "__")
+            if not src.is_file():
+                # Reported like a failing notebook: the proposal's other notebooks still run.
+                error = f"ReportError: approved notebook {src} does not exist"
+                log.warning("proposal %s: %s", prop.id, error)
+                nb_entries.append(
+                    {
+                        "notebook": name,
+                        "source": str(src),
+                        "sha256": None,
+                        "status": "error",
+                        "error": error,
+                        "seconds": 0.0,
+                        "executed": None,
+                        "html": None,
+                        "html_commissioner": None,
+                    }
+                )
+                bar.advance(task)
+                continue
             copy = run_dir / "inputs" / "notebooks" / f"{stem}.ipynb"
             shutil.copyfile(src, copy)
             executed = run_dir / "executed" / f"{stem}.ipynb"
@@ -1084,7 +1103,9 @@ def verify(
         for name, stem in stems.items():
             target = nb_dir / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / "inputs" / "notebooks" / f"{stem}.ipynb", target)
+            stored = run_dir / "inputs" / "notebooks" / f"{stem}.ipynb"
+            if stored.is_file():  # a notebook missing from the run stays missing in the re-run
+                shutil.copyfile(stored, target)
         again = run(
             run_dir / "proposal.yaml",
             notebooks=names,

@@ -102,6 +102,19 @@ def test_cli_exit_code_is_8_when_a_notebook_fails(tmp_path, monkeypatch):
     assert len(list((tmp_path / "r" / "test-reports-001").glob("*/manifest.json"))) == 1
 
 
+def test_a_missing_approved_notebook_is_reported_and_the_others_still_run(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(NOTEBOOKS / "tiny_no_parameters.ipynb", tmp_path / "notebooks")
+    proposal = _proposal(
+        tmp_path, "p.yaml", notebooks=["not_written_yet.ipynb", "tiny_no_parameters.ipynb"]
+    )
+    result = reports.run(proposal, out=tmp_path / "r", notebook_dir=tmp_path / "notebooks")
+    summary = result.summary().set_index("notebook")
+    assert "does not exist" in summary.loc["not_written_yet.ipynb", "error"]
+    assert "tagged 'parameters'" in summary.loc["tiny_no_parameters.ipynb", "error"]
+    assert not result.ok
+
+
 # ------------------------------------------------------------------------------- refusals
 def test_unapproved_notebook_is_refused(tmp_path):
     with pytest.raises(
