@@ -1165,6 +1165,7 @@ def funnel_limits(
     rate_type: Literal["dsr", "crude"] | None = None,
     years_of_data: float | None = None,
     n_points: int = 100,
+    at: Sequence[float] | np.ndarray | pd.Series | None = None,
 ) -> pd.DataFrame:
     """Funnel-plot control limits at 95% (2s) and 99.8% (3s) (``calculate_funnel_limits``).
 
@@ -1195,6 +1196,10 @@ def funnel_limits(
         Rates only: years the data cover (the population axis is per year).
     n_points : int, default 100
         Number of x-axis points.
+    at : array-like, optional
+        Evaluate the limits at these x-axis values (populations for proportions, observed
+        events for ratios and rates) instead of PHEindicatormethods' axis, e.g. at each unit's
+        own denominator to draw or check it against its limits.
 
     Returns
     -------
@@ -1260,7 +1265,16 @@ def funnel_limits(
         axis_min = math.floor(axis_min * average)
         axis_max = math.ceil(axis_max * average)
     offset = 1 if statistic == "ratio" else 0
-    x_axis = _funnel_axis(axis_min, axis_max, n_points, offset)
+    if at is None:
+        x_axis = _funnel_axis(axis_min, axis_max, n_points, offset)
+    else:
+        x_axis = np.asarray(at, dtype=float).reshape(-1)
+        smallest = 1 if statistic == "proportion" else 0
+        if np.isnan(x_axis).any() or (x_axis < smallest).any():
+            raise StatsError(
+                f"{func}: 'at' values must be non-missing and >= {smallest}. "
+                f"Got {np.nanmin(x_axis) if len(x_axis) else 'nothing'}."
+            )
 
     if statistic == "proportion":
         table = pd.DataFrame({"Population": x_axis})

@@ -721,3 +721,27 @@ def test_interval_primitives_reject_impossible_counts() -> None:
         stats.wilson_upper(5, 4)
     with pytest.raises(StatsError, match="sample sizes 'n' must be > 0"):
         stats.wilson_lower(0, 0)
+
+
+def test_funnel_limits_at_each_units_denominator_agree_with_its_label() -> None:
+    data = _ref("funnel_prop_inputs.csv")
+    limits = stats.funnel_limits(
+        data,
+        "numerator",
+        "denominator",
+        statistic="proportion",
+        multiplier=100,
+        at=data["denominator"],
+    )
+    value = data["numerator"] / data["denominator"] * 100
+    above_998 = (value > limits["upper_3s_limit"]).to_numpy()
+    below_998 = (value < limits["lower_3s_limit"]).to_numpy()
+    labels = data["significance"].to_numpy()
+    assert (above_998 == (labels == "High (0.001)")).all()
+    assert (below_998 == (labels == "Low (0.001)")).all()
+    grid = _ref("funnel_prop_outputs.csv")
+    again = stats.funnel_limits(
+        data, "numerator", "denominator", statistic="proportion", multiplier=100,
+        at=grid["Population"],
+    )  # fmt: skip
+    np.testing.assert_allclose(again["lower_2s_limit"], grid["lower_2s_limit"], atol=1e-6)
