@@ -1049,36 +1049,40 @@ def _series_tail_mass(mean: np.ndarray) -> np.ndarray:
     high = low + np.ceil(12 * np.sqrt(np.maximum(mean, 1.0)) + 60)
     while (high > low).any():
         mid = np.floor((low + high) / 2)
-        stop = _sps.poisson.pmf(mid, mean) <= 1e-10 * _sps.poisson.cdf(mid - 1, mean)
+        # The running total is P(X <= k-1) in units of exp(mean); beyond the mean it is within
+        # 1e-9 of 1 wherever the term could be as small as 1e-10 of it, so 1 stands in for it.
+        stop = _sps.poisson.pmf(mid, mean) <= 1e-10
         high = np.where(stop, mid, high)
         low = np.where(stop, low, mid + 1)
     return _sps.poisson.sf(low - 1, mean)
 
 
-def _poisson_funnel(obs: np.ndarray, p: float, side: str) -> np.ndarray:
-    """Poisson mean at which ``obs`` sits at tail probability ``p`` (the funnel's x-position).
+def _poisson_funnel(obs: np.ndarray, specs: Sequence[tuple[float, str]]) -> list[np.ndarray]:
+    """Poisson means at which ``obs`` sits at tail probability ``p`` (the funnel's x-position).
 
     Replicates the Fingertips funnel-plot tool's bisection on ``v`` with mean
     ``(1 + obs) v / (1 - v)`` (23 halvings from 0.5 down to ``dv <= 1e-7``) and its truncated
-    Poisson series, vectorised over all points at once, so that limits agree with
-    PHEindicatormethods to its own precision. "low" finds the mean with ``P(X >= obs) = p``,
-    "high" the mean with ``P(X <= obs) = p``.
+    Poisson series, vectorised over all points and all ``(p, side)`` in ``specs`` at once, so
+    that limits agree with PHEindicatormethods to its own precision. Side "low" finds the mean
+    with ``P(X >= obs) = p``, "high" the mean with ``P(X <= obs) = p``.
     """
-    obs = np.asarray(obs, dtype=float)
-    v = np.full(obs.shape, 0.5)
+    obs = np.asarray(obs, dtype=float).reshape(-1)
+    k = len(obs)
+    x = np.tile(obs, len(specs))
+    p = np.repeat([float(prob) for prob, _ in specs], k)
+    low_side = np.repeat([side == "low" for _, side in specs], k)
+    v = np.full(x.shape, 0.5)
     dv = 0.5
     while dv > 1e-7:
         dv /= 2
-        mean = (1 + obs) * v / (1 - v)
+        mean = (1 + x) * v / (1 - v)
         left_out = _series_tail_mass(mean)
-        if side == "low":
-            prob = (_sps.poisson.sf(obs - 1, mean) - left_out) / (1 - left_out)
-            too_big = prob > p
-        else:
-            prob = _sps.poisson.cdf(obs, mean) / (1 - left_out)
-            too_big = prob < p
+        upper_tail = (_sps.poisson.sf(x - 1, mean) - left_out) / (1 - left_out)
+        lower_tail = _sps.poisson.cdf(x, mean) / (1 - left_out)
+        too_big = np.where(low_side, upper_tail > p, lower_tail < p)
         v = np.where(too_big, v - dv, v + dv)
-    return (1 + obs) * v / (1 - v)
+    means = (1 + x) * v / (1 - v)
+    return [means[i * k : (i + 1) * k] for i in range(len(specs))]
 
 
 def _ratio_test_statistic(
@@ -1290,10 +1294,12 @@ def funnel_limits(
         label, method = "proportion", "Wilson"
     elif statistic == "ratio":
         table = pd.DataFrame({"Observed_events": x_axis})
-        for tag, p in (("2s", 0.025), ("3s", 0.001)):
-            table[f"lower_{tag}_exp_events"] = _poisson_funnel(x_axis, p, "high")
+        specs = [(0.025, "high"), (0.025, "low"), (0.001, "high"), (0.001, "low")]
+        means = iter(_poisson_funnel(x_axis, specs))
+        for tag in ("2s", "3s"):
+            table[f"lower_{tag}_exp_events"] = next(means)
             table[f"lower_{tag}_limit"] = x_axis / table[f"lower_{tag}_exp_events"]
-            table[f"upper_{tag}_exp_events"] = _poisson_funnel(x_axis, p, "low")
+            table[f"upper_{tag}_exp_events"] = next(means)
             table[f"upper_{tag}_limit"] = x_axis / table[f"upper_{tag}_exp_events"]
         limits = [c for c in table.columns if c.endswith("limit")]
         if ratio_type == "count":
@@ -1303,9 +1309,11 @@ def funnel_limits(
         label, method = f"ratio ({ratio_type})", "Poisson"
     else:
         table = pd.DataFrame({"Events": x_axis})
-        for tag, p in (("2s", 0.025), ("3s", 0.001)):
-            for side, bound in (("lower", "high"), ("upper", "low")):
-                population = _poisson_funnel(x_axis, p, bound) / average
+        specs = [(0.025, "high"), (0.025, "low"), (0.001, "high"), (0.001, "low")]
+        means = iter(_poisson_funnel(x_axis, specs))
+        for tag in ("2s", "3s"):
+            for side in ("lower", "upper"):
+                population = next(means) / average
                 table[f"{side}_{tag}_population_1_year"] = population / years_of_data
                 table[f"{side}_{tag}_limit"] = x_axis / population * multiplier
         table["baseline"] = average * multiplier
