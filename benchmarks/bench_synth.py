@@ -67,6 +67,7 @@ def acsc_check(out: Path) -> dict:
     raw = out / "raw"
     like = " OR ".join(f"primary_diagnosis_icd10 LIKE '{p}%'" for p in prefixes)
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     con.execute(
         f"""
         CREATE TEMP TABLE reg AS

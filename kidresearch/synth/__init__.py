@@ -68,6 +68,17 @@ _PARQUET_OPTIONS: dict[str, Any] = {
 }
 
 
+def _writer_options(schema: pa.Schema) -> dict[str, Any]:
+    """Dictionary-encode only the low-cardinality string columns (codes, categories, months);
+    record ids and NHS numbers are nearly unique, so building dictionaries for them is waste."""
+    low = [
+        f.name
+        for f in schema
+        if pa.types.is_string(f.type) and f.name not in ("record_id", "nhs_number")
+    ]
+    return _PARQUET_OPTIONS | {"use_dictionary": low}
+
+
 @dataclass(frozen=True)
 class SynthResult:
     """What :func:`generate` wrote.
@@ -278,7 +289,7 @@ def generate(
                     key = (feed, m)
                     if key not in writers:
                         writers[key] = pq.ParquetWriter(
-                            path_of(feed, m), schemas[feed], **_PARQUET_OPTIONS
+                            path_of(feed, m), schemas[feed], **_writer_options(schemas[feed])
                         )
                     writers[key].write_table(ff.table.slice(lo, hi - lo))
                     name = f"{feed}/{path_of(feed, m).name}"
@@ -301,7 +312,7 @@ def generate(
         for m in range(cal.n_months):
             path = path_of(feed, m)
             if not path.exists():
-                pq.write_table(schemas[feed].empty_table(), path, **_PARQUET_OPTIONS)
+                pq.write_table(schemas[feed].empty_table(), path, **_writer_options(schemas[feed]))
                 file_rows[f"{feed}/{path.name}"] = 0
     file_rows |= _write_reference(raw, geo)
 

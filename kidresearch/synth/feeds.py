@@ -707,7 +707,10 @@ class ChunkSimulator:
             "registration_start": start,
             "registration_end": end,
         }
-        return self._episode_rows(cols, pid, start, end, "registration_end", "registrations")
+        rows = self._episode_rows(cols, pid, start, end, "registration_end", "registrations")
+        delivered = int((rows.month[:n] < self.cal.n_months).sum())
+        _add(self.truth.counts, "people_in_register_extracts", delivered)
+        return rows
 
     def _episode_rows(
         self,
@@ -1214,7 +1217,11 @@ def finish_feed(
 
     # NHS numbers: the person's, with quality problems in a small share of rows.
     number = nhs[pid]
-    text = pa.array(number).cast(pa.string())
+    # Final NHS number text = take() from [all numbers as text, reformatted subsets]; one
+    # gather instead of element-wise conditionals over every row.
+    text_index = np.arange(n, dtype=np.int64)
+    text_null = np.zeros(n, dtype=bool)
+    pieces = []
     if feed not in CLEAN_NHS_FEEDS and n:
         u = rng.random(n)
         u[clean] = 2.0  # never touched
@@ -1223,19 +1230,27 @@ def finish_feed(
             + [dq.nhs_spaces, dq.nhs_dashes]
         )
         kind = np.searchsorted(cuts, u, side="right")  # 0..5 problems, 6 none
-        bad_check = (number % 10 + rng.integers(1, 10, n)) % 10
-        values = np.where(kind == 1, number // 10 * 10 + bad_check, number)
+        values = number.copy()
+        wrong = np.flatnonzero(kind == 1)
+        values[wrong] = (
+            number[wrong] // 10 * 10 + (number[wrong] % 10 + rng.integers(1, 10, len(wrong))) % 10
+        )
         unknown = np.flatnonzero(kind == 3)
         values[unknown] = unknown_nhs_numbers(rng, len(unknown))
-        text = pa.array(values).cast(pa.string())
-        nine = pc.utf8_slice_codeunits(text, 0, 9)
-        parts = [pc.utf8_slice_codeunits(text, a, b) for a, b in ((0, 3), (3, 6), (6, 10))]
-        spaced = pc.binary_join_element_wise(*parts, " ")
-        dashed = pc.binary_join_element_wise(*parts, "-")
-        text = pc.if_else(pa.array(kind == 2), nine, text)
-        text = pc.if_else(pa.array(kind == 4), spaced, text)
-        text = pc.if_else(pa.array(kind == 5), dashed, text)
-        text = pc.if_else(pa.array(kind == 0), pa.scalar(None, pa.string()), text)
+        number = values
+        offset = n
+        for k, how in ((2, "nine"), (4, " "), (5, "-")):
+            rows_k = np.flatnonzero(kind == k)
+            sub = pa.array(number[rows_k]).cast(pa.string())
+            if how == "nine":
+                sub = pc.utf8_slice_codeunits(sub, 0, 9)
+            else:
+                parts = [pc.utf8_slice_codeunits(sub, a, b) for a, b in ((0, 3), (3, 6), (6, 10))]
+                sub = pc.binary_join_element_wise(*parts, how)
+            pieces.append(sub)
+            text_index[rows_k] = offset + np.arange(len(rows_k))
+            offset += len(rows_k)
+        text_null = kind == 0
         names = [
             "nhs_missing",
             "nhs_invalid_check_digit",
@@ -1256,7 +1271,8 @@ def finish_feed(
         if f.name == "record_id":
             arrays.append(pc.binary_join_element_wise(RECORD_PREFIX[feed], serial_text, ""))
         elif f.name == "nhs_number":
-            arrays.append(text.take(pa.array(order)))
+            combined = pa.concat_arrays([pa.array(number).cast(pa.string()), *pieces])
+            arrays.append(combined.take(pa.array(text_index[order], mask=text_null[order])))
         elif f.name == "extract_month":
             labels = pa.array([cal.month_label(i) for i in range(cal.n_months)])
             arrays.append(

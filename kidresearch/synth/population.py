@@ -474,6 +474,10 @@ def simulate_people(
         moved_out=moved_out,
     )
     simulate_deaths(scn, cal, rng, people)
+    # A practice or address change planned after death does not happen.
+    void = (people.death_day >= 0) & (people.change_day >= people.death_day)
+    people.change_kind[void] = 0
+    people.change_day[void] = -1
     return people
 
 

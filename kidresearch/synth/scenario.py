@@ -92,7 +92,7 @@ class Morbidity(_Section):
     shift_log_odds: float = Field(0.04, description="global shift on every deficit's log-odds")
     frailty_sd: float = Field(0.15, ge=0, description="SD of the shared person frailty factor")
     deprivation_log_odds: float = Field(
-        0.05, description="log-odds per IMD quintile step towards most deprived"
+        0.08, description="log-odds per IMD quintile step towards most deprived"
     )
     trend_log_odds_per_year: float = Field(
         0.04, description="calendar trend on every deficit's log-odds (frailty trend)"
@@ -152,7 +152,7 @@ class FrailtyTeam(_Section):
     efi_severe: float = 2.6
     prior_emergency_per_spell: float = 0.55
     deprivation_per_quintile: float = 0.10
-    team_contacts: float = Field(3.0, ge=0, description="mean rapid-response contacts per enrolee")
+    team_contacts: float = Field(2.0, ge=0, description="mean rapid-response contacts per enrolee")
 
 
 class SafeAndWell(_Section):
@@ -188,7 +188,7 @@ class Activity(_Section):
     out_of_hours_base: float = Field(0.05, ge=0)
     home_care_start_base: float = Field(0.006, ge=0)
     care_home_start_base: float = Field(0.0015, ge=0)
-    deprivation_per_quintile: float = Field(0.03, description="log rate ratio per quintile step")
+    deprivation_per_quintile: float = Field(0.05, description="log rate ratio per quintile step")
 
 
 class DataQuality(_Section):

@@ -142,6 +142,7 @@ def build_truth(
         },
         "population": {
             "people": counts.get("people", 0),
+            "people_in_register_extracts": counts.get("people_in_register_extracts", 0),
             "practices": geo.n_practices,
             "lsoas": geo.n_lsoas,
             "aged_65_plus_at_start": counts.get("aged_65_plus_at_start", 0),
