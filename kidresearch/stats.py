@@ -171,8 +171,15 @@ def _numeric(
     return values
 
 
-def _confidence_levels(confidence: Confidence, func: str) -> tuple[float, ...]:
-    """Scale and check confidence levels: each 0.9-1 or 90-100 (scaled), as PHEindicatormethods."""
+def _confidence_levels(
+    confidence: Confidence | None, func: str, *, allow_none: bool = False
+) -> tuple[float, ...]:
+    """Scale and check confidence levels: each 0.9-1 or 90-100 (scaled), as PHEindicatormethods.
+
+    ``None`` (PHEindicatormethods' ``NA``) asks for no limits where ``allow_none``.
+    """
+    if confidence is None and allow_none:
+        return ()
     levels = (confidence,) if np.isscalar(confidence) else tuple(confidence)  # type: ignore[arg-type]
     if len(levels) == 0:
         raise StatsError(f"{func}: 'confidence' must hold at least one level.")
@@ -203,6 +210,12 @@ def _ci_names(levels: tuple[float, ...]) -> list[tuple[str, str]]:
         tag = f"{level * 100:.1f}".replace(".", "_")
         names.append((f"lower{tag}cl", f"upper{tag}cl"))
     return names
+
+
+def _confidence_column(n_rows: int, levels: tuple[float, ...]) -> pd.Categorical:
+    if not levels:  # no limits asked for: a missing label
+        return pd.Categorical.from_codes(np.full(n_rows, -1, dtype=np.int8), categories=["none"])
+    return _labels(n_rows, _confidence_label(levels))
 
 
 def _confidence_label(levels: tuple[float, ...]) -> str:
@@ -381,7 +394,7 @@ def proportion(
     n: str,
     *,
     by: By = None,
-    confidence: Confidence = 0.95,
+    confidence: Confidence | None = 0.95,
     multiplier: float = 1,
 ) -> pd.DataFrame:
     """Proportions with Wilson score confidence intervals (``phe_proportion``).
@@ -396,9 +409,9 @@ def proportion(
     by : str or list of str, optional
         Group columns. Without ``by`` each row gets its own proportion and all input columns are
         kept; with ``by``, ``x`` and ``n`` are summed within each group first.
-    confidence : float or sequence of float, default 0.95
+    confidence : float, sequence of float or None, default 0.95
         Confidence level(s), 0.9-1 or 90-100; ``(0.95, 0.998)`` gives both the 95% and 99.8%
-        limits.
+        limits; ``None`` gives the value only.
     multiplier : float, default 1
         Scale of the result (100 gives percentages).
 
@@ -424,7 +437,7 @@ def proportion(
     func = "proportion"
     by_cols = _as_list(by)
     _require_columns(data, [x, n, *by_cols], func)
-    levels = _confidence_levels(confidence, func)
+    levels = _confidence_levels(confidence, func, allow_none=True)
     xs = _numeric(data, x, func)
     ns = _numeric(data, n, func, positive=True)
     over = xs > ns
@@ -441,7 +454,7 @@ def proportion(
         out[lo] = wilson_lower(xs, ns, level) * multiplier
         out[hi] = wilson_upper(xs, ns, level) * multiplier
     statistic = "percentage" if multiplier == 100 else f"proportion of {_fmt_number(multiplier)}"
-    out["confidence"] = _labels(len(out), _confidence_label(levels))
+    out["confidence"] = _confidence_column(len(out), levels)
     out["statistic"] = _labels(len(out), statistic)
     out["method"] = _labels(len(out), "Wilson")
     return out
@@ -453,7 +466,7 @@ def rate(
     n: str,
     *,
     by: By = None,
-    confidence: Confidence = 0.95,
+    confidence: Confidence | None = 0.95,
     multiplier: float = 100_000,
 ) -> pd.DataFrame:
     """Crude rates with exact (count < 10) or Byar's (count >= 10) intervals (``phe_rate``).
@@ -466,8 +479,8 @@ def rate(
         Columns holding the event count (``>= 0``) and the population or person-time (``> 0``).
     by : str or list of str, optional
         Group columns; ``x`` and ``n`` are summed within each group first.
-    confidence : float or sequence of float, default 0.95
-        Confidence level(s), 0.9-1 or 90-100.
+    confidence : float, sequence of float or None, default 0.95
+        Confidence level(s), 0.9-1 or 90-100; ``None`` gives the value only.
     multiplier : float, default 100000
         Rate per this many of ``n``.
 
@@ -494,7 +507,7 @@ def rate(
     func = "rate"
     by_cols = _as_list(by)
     _require_columns(data, [x, n, *by_cols], func)
-    levels = _confidence_levels(confidence, func)
+    levels = _confidence_levels(confidence, func, allow_none=True)
     _numeric(data, x, func)
     _numeric(data, n, func, positive=True)
     out = _aggregate(data, by_cols, x, n) if by_cols else data.copy()
@@ -505,7 +518,7 @@ def rate(
         lower, upper = _poisson_limits(xs, level)
         out[lo] = lower / ns * multiplier
         out[hi] = upper / ns * multiplier
-    out["confidence"] = _labels(len(out), _confidence_label(levels))
+    out["confidence"] = _confidence_column(len(out), levels)
     out["statistic"] = _labels(len(out), f"rate per {_fmt_number(multiplier)}")
     out["method"] = _labels(len(out), "Byars", "Exact", xs < SMALL_COUNT)
     return out
@@ -707,7 +720,7 @@ def dsr(
     by: By = None,
     age_band: str | None = None,
     standard: str | pd.Series | Sequence[float] | np.ndarray = "esp2013",
-    confidence: Confidence = 0.95,
+    confidence: Confidence | None = 0.95,
     multiplier: float = 100_000,
     count_na_as_zero: bool = False,
     event_frequency: str | None = None,
@@ -729,8 +742,8 @@ def dsr(
     standard : "esp2013", str, pandas.Series or array-like, default "esp2013"
         The standard population: the ESP 2013, the name of a column of ``data``, a Series
         indexed by age band, or a vector in age-band order.
-    confidence : float or sequence of float, default 0.95
-        Confidence level(s), 0.9-1 or 90-100.
+    confidence : float, sequence of float or None, default 0.95
+        Confidence level(s), 0.9-1 or 90-100; ``None`` gives the value only.
     multiplier : float, default 100000
         Rate per this many people.
     count_na_as_zero : bool, default False
@@ -776,7 +789,7 @@ def dsr(
     if event_frequency is not None:
         cols.append(event_frequency)
     _require_columns(data, cols, func)
-    levels = _confidence_levels(confidence, func)
+    levels = _confidence_levels(confidence, func, allow_none=True)
     if multiplier <= 0:
         raise StatsError(f"{func}: 'multiplier' must be greater than 0. Got {multiplier}.")
     codes, keys = _group_codes(data, by_cols)
@@ -842,7 +855,7 @@ def dsr(
             upper = value + spread * (byars_upper(total_count, level) - total_count) * multiplier
             out[lo] = np.where(small, np.nan, lower)
             out[hi] = np.where(small, np.nan, upper)
-    out["confidence"] = _labels(len(out), _confidence_label(levels))
+    out["confidence"] = _confidence_column(len(out), levels)
     out["statistic"] = _labels(
         len(out), f"dsr per {_fmt_number(multiplier)}", "dsr NA for total count < 10", small
     )
@@ -864,7 +877,7 @@ def isr(
     n_ref: str | pd.Series | Sequence[float] | np.ndarray,
     by: By = None,
     age_band: str | None = None,
-    confidence: Confidence = 0.95,
+    confidence: Confidence | None = 0.95,
     refvalue: float = 1,
     kind: Literal["ratio", "rate"] = "ratio",
     multiplier: float = 100_000,
@@ -894,8 +907,8 @@ def isr(
         Group columns; one ratio per group (one overall when omitted).
     age_band : str, optional
         Column naming each row's age band, to match Series-valued references by label.
-    confidence : float or sequence of float, default 0.95
-        Confidence level(s), 0.9-1 or 90-100.
+    confidence : float, sequence of float or None, default 0.95
+        Confidence level(s), 0.9-1 or 90-100; ``None`` gives the value only.
     refvalue : float, default 1
         Scale of a ratio (100 for an SMR expressed per 100).
     kind : {"ratio", "rate"}, default "ratio"
@@ -937,7 +950,7 @@ def isr(
     if observed_totals is None:
         cols.append(x)
     _require_columns(data, cols, func)
-    levels = _confidence_levels(confidence, func)
+    levels = _confidence_levels(confidence, func, allow_none=True)
     codes, keys = _group_codes(data, by_cols)
     data, codes = _sorted_by_group(data, codes)
     n_groups = len(keys)
@@ -1001,7 +1014,7 @@ def isr(
             lower, upper = _poisson_limits(observed, level)
             out[lo] = lower / expected * scale
             out[hi] = upper / expected * scale
-    out["confidence"] = _labels(len(out), _confidence_label(levels))
+    out["confidence"] = _confidence_column(len(out), levels)
     out["statistic"] = _labels(len(out), statistic)
     out["method"] = _labels(len(out), "Byars", "Exact", observed < SMALL_COUNT)
     return out.reset_index(drop=True)

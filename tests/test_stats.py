@@ -745,3 +745,17 @@ def test_funnel_limits_at_each_units_denominator_agree_with_its_label() -> None:
         at=grid["Population"],
     )  # fmt: skip
     np.testing.assert_allclose(again["lower_2s_limit"], grid["lower_2s_limit"], atol=1e-6)
+
+
+def test_confidence_none_gives_values_only() -> None:
+    # PHEindicatormethods v2: "an NA value can be passed if no confidence intervals are required"
+    data = pd.DataFrame({"g": ["a", "a"], "band": ["0-4", "5-9"], "x": [10, 30], "n": [1e3, 2e3]})
+    for out in (
+        stats.proportion(data, "x", "n", confidence=None),
+        stats.rate(data, "x", "n", confidence=None),
+        stats.dsr(data, "x", "n", by="g", age_band="band", confidence=None),
+        stats.isr(data, "x", "n", x_ref=[1, 2], n_ref=[100, 100], confidence=None),
+    ):
+        assert not [c for c in out.columns if c.endswith("cl")]
+        assert out["confidence"].isna().all()
+        assert out["value"].notna().all()
