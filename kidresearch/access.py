@@ -53,6 +53,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import duckdb
 import ibis
 import pandas as pd
 import sqlglot
@@ -781,6 +782,7 @@ class KID:
             self._create_view(name, expr)
         if backend == "duckdb":
             self._harden_duckdb(tables_dir)
+        self._log_materialisations()
 
     # -- backends ---------------------------------------------------------------------------
     def _open_duckdb(self, tables_dir: Path, sources: set[str]) -> Any:
@@ -791,10 +793,16 @@ class KID:
             schema = RESEARCH_TABLES[name]
             pattern, partitioned = _parquet_glob(tables_dir / name)
             cols = ", ".join(f'"{c}"' for c in schema.column_names)
-            con.raw_sql(
-                f'CREATE VIEW kid_src."{name}" AS SELECT {cols} FROM read_parquet('
-                f"{_quote_literal(pattern)}, hive_partitioning={str(partitioned).lower()})"
-            )
+            try:
+                con.raw_sql(
+                    f'CREATE VIEW kid_src."{name}" AS SELECT {cols} FROM read_parquet('
+                    f"{_quote_literal(pattern)}, hive_partitioning={str(partitioned).lower()})"
+                )
+            except duckdb.Error as exc:
+                raise BuildError(
+                    f"{tables_dir / name}: cannot read table '{name}' with the columns of the "
+                    f"data dictionary ({', '.join(schema.column_names)}): {exc}"
+                ) from exc
             self._src[name] = con.table(name, database="kid_src")
         return con
 
@@ -820,12 +828,54 @@ class KID:
         self._src = {}
         for name in sorted(sources):
             schema = RESEARCH_TABLES[name]
-            frame = session.read.parquet(str(tables_dir / name)).select(*schema.column_names)
+            try:
+                frame = session.read.parquet(str(tables_dir / name)).select(*schema.column_names)
+            except Exception as exc:  # pyspark AnalysisException and friends
+                raise BuildError(
+                    f"{tables_dir / name}: cannot read table '{name}' with the columns of the "
+                    f"data dictionary ({', '.join(schema.column_names)}): {exc}"
+                ) from exc
             view = f"kid_src__{name}"
             frame.createOrReplaceTempView(view)
             self._view_names.append(view)
             self._src[name] = con.table(view)
         return con
+
+    def _log_materialisations(self) -> None:
+        """Log every result fetched through this session's backend, with its row count.
+
+        ``expr.to_pandas()``, ``.execute()``, ``.to_pyarrow()`` and ``.to_polars()`` of any
+        expression built on the session's tables all reach the backend instance, so wrapping its
+        methods records them without researchers calling anything special.
+        """
+        con = self._con
+        for method in ("execute", "to_pyarrow", "to_polars", "to_pyarrow_batches"):
+            original = getattr(con, method, None)
+            if original is None:
+                continue
+            setattr(con, method, self._logged(method, original))
+
+    def _logged(self, method: str, original: Any) -> Any:
+        def run(expr: Any, *args: Any, **kwargs: Any) -> Any:
+            self._check_open()
+            result = original(expr, *args, **kwargs)
+            try:
+                sql = ibis.to_sql(expr, dialect="duckdb")
+                tables = sorted(
+                    {t.name for t in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Table)}
+                    & set(self.tables())
+                )
+            except Exception:  # a fingerprint must never block a result
+                sql, tables = repr(type(expr)), []
+            rows = None
+            if method != "to_pyarrow_batches":
+                rows = len(result) if hasattr(result, "__len__") else 1
+            self._log(
+                "fetch", {"method": method, "fingerprint": fingerprint(sql), "tables": tables}, rows
+            )
+            return result
+
+        return run
 
     def _create_view(self, name: str, expr: IbisTable) -> None:
         if self.backend == "duckdb":
@@ -883,7 +933,17 @@ class KID:
         )
         if self.backend == "duckdb":
             sql = ibis.to_sql(keyed, dialect="duckdb")
-            self._con.raw_sql(f"CREATE TABLE kid_src._population AS {sql}")
+            raw = self._con.con
+            raw.execute(f"CREATE TABLE kid_src._population AS {sql}")
+            total, distinct = raw.execute(
+                "SELECT count(*), count(DISTINCT _rid) FROM kid_src._population"
+            ).fetchone()
+            if total != distinct:
+                # A repeated person_id would repeat every event of that person in each join.
+                raise BuildError(
+                    f"{_tables_dir(self.data, self.version) / 'persons'}: person_id is not unique "
+                    f"({total - distinct} repeated ids in the population); rebuild the KID"
+                )
             return self._con.table("_population", database="kid_src")
         name = "kid_src___population"
         sql = ibis.to_sql(keyed, dialect="pyspark")
@@ -1011,14 +1071,14 @@ class KID:
         return self._con.sql(tree.sql(dialect="duckdb"), dialect="duckdb")
 
     def to_pandas(self, expr: IbisTable | str) -> pd.DataFrame:
-        """Materialise an Ibis expression of this session (or a SQL query) and log the rows."""
+        """Run a SQL query (or materialise an Ibis expression) and return a DataFrame.
+
+        Every materialisation of a session expression is logged with its row count, whether
+        through this method or ``expr.to_pandas()``.
+        """
         self._check_open()
         table = self.sql(expr) if isinstance(expr, str) else expr
-        frame = table.to_pandas()
-        self._log(
-            "fetch", {"fingerprint": fingerprint(ibis.to_sql(table, dialect="duckdb"))}, len(frame)
-        )
-        return frame
+        return table.to_pandas()  # logged by the backend hook (see _log_materialisations)
 
     def describe(self, name: str) -> pd.DataFrame:
         """The data-dictionary entry of a research table, marking the approved columns.
@@ -1181,6 +1241,10 @@ def connect(
     AccessRefused
         If the proposal's KID version is not available (logged).
     """
+    if backend not in ("duckdb", "spark"):
+        raise ValueError(
+            f"The 'backend' parameter of connect must be 'duckdb' or 'spark'; got {backend!r}"
+        )
     kid_dir = resolve_data(data)
     if not kid_dir.is_dir():
         raise ProposalError(f"{kid_dir}: KID folder not found (check data= or KID_DATA)")

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from kid_fixture import DIZZINESS_CODE, FALLS_CODE, LSOA_DISTRICT, frames, write_fixture_kid
@@ -305,6 +307,34 @@ def test_unpublished_kid_is_a_build_error(tmp_path: Path, proposal: Proposal) ->
         connect(proposal, tmp_path)
 
 
+def test_bad_backend_is_refused_at_the_boundary(kid_dir: Path, proposal: Proposal) -> None:
+    with pytest.raises(ValueError, match="'backend' parameter of connect must be 'duckdb' or"):
+        connect(proposal, kid_dir, backend="sqlite")  # type: ignore[arg-type]
+
+
+def test_table_not_matching_the_dictionary_is_a_build_error(
+    tmp_path: Path, proposal: Proposal
+) -> None:
+    root = write_fixture_kid(tmp_path)
+    folder = root / "versions" / "2026-10" / "tables" / "practices"
+    pd.DataFrame({"practice_code": ["G81001"]}).to_parquet(folder / "part-0.parquet")
+    with pytest.raises(BuildError, match=r"tables/practices: cannot read table 'practices'"):
+        connect(proposal, root)
+
+
+def test_repeated_person_id_is_a_build_error_not_repeated_events(
+    tmp_path: Path, proposal: Proposal
+) -> None:
+    root = write_fixture_kid(tmp_path)
+    persons = frames()["persons"]
+    doubled = pd.concat([persons, persons.iloc[[3]]], ignore_index=True)
+    path = root / "versions" / "2026-10" / "tables" / "persons" / "part-0.parquet"
+    schema = RESEARCH_TABLES["persons"].arrow_schema()
+    pq.write_table(pa.Table.from_pandas(doubled, schema=schema, preserve_index=False), path)
+    with pytest.raises(BuildError, match="person_id is not unique"):
+        connect(Proposal.model_validate(proposal_dict(population={})), root)
+
+
 # ------------------------------------------------------------------ restriction
 def test_persons_are_the_population_with_approved_columns_and_proposal_pseudonyms(kid: KID) -> None:
     got = kid.table("persons").to_pandas()
@@ -384,9 +414,11 @@ def test_sql_runs_over_restricted_views(kid: KID) -> None:
     got = kid.sql(query).to_pandas()
     want = pandas_emergency_by_practice_month().groupby("practice_code").emergency_admissions.sum()
     assert dict(zip(got.practice_code, got.emergency_admissions, strict=True)) == want.to_dict()
-    entry = AuditLog(kid.data).read()[-1]
+    entry, fetch = AuditLog(kid.data).read()[-2:]
     assert entry["action"] == "sql" and entry["detail"]["tables"] == ["inpatient_spells", "persons"]
     assert len(entry["detail"]["fingerprint"]) == 64
+    assert fetch["action"] == "fetch" and fetch["rows"] == len(got)
+    assert fetch["detail"]["tables"] == ["inpatient_spells", "persons"]
 
 
 def test_to_pandas_logs_rows_and_log_holds_no_row_data(kid: KID) -> None:
@@ -396,6 +428,20 @@ def test_to_pandas_logs_rows_and_log_holds_no_row_data(kid: KID) -> None:
     text = (kid.data / "audit" / "audit.log").read_text()
     assert not any(pid in text for pid in frame.person_id)
     assert not any(pid in text for pid in frames()["persons"].person_id)
+
+
+def test_every_materialisation_is_logged_once_with_its_rows(kid: KID) -> None:
+    log = AuditLog(kid.data)
+    before = len(log.read())
+    spells = kid.table("inpatient_spells")
+    frame = spells.filter(spells.is_emergency).to_pandas()
+    n = spells.count().to_pandas()
+    arrow = spells.select("person_id").to_pyarrow()
+    new = log.read()[before:]
+    assert [e["action"] for e in new] == ["table", "fetch", "fetch", "fetch"]
+    assert [e["rows"] for e in new[1:]] == [len(frame), 1, arrow.num_rows]
+    assert n == arrow.num_rows
+    assert all(e["detail"]["tables"] == ["inpatient_spells"] for e in new[1:])
 
 
 def test_describe_gives_the_dictionary_entry_with_approved_flags(kid: KID) -> None:
@@ -564,8 +610,11 @@ def test_spark_and_duckdb_give_identical_efi_first_dates_and_pseudonyms(
 
 @pytest.mark.spark
 def test_spark_sql_and_refusals(spark_kid: KID) -> None:
+    before = len(AuditLog(spark_kid.data).read())
     got = spark_kid.sql("SELECT count(*) AS n FROM persons").to_pandas()
     assert int(got.n.iloc[0]) == len(expected_population())
+    logged = AuditLog(spark_kid.data).read()[before:]
+    assert [(e["action"], e["rows"]) for e in logged] == [("sql", None), ("fetch", 1)]
     with pytest.raises(AccessRefused, match="read_parquet"):
         spark_kid.sql(f"SELECT * FROM read_parquet('{spark_kid.data}/restricted/x.parquet')")
     with pytest.raises(AccessRefused, match="'lsoas' is not approved"):
