@@ -634,7 +634,15 @@ def _standard_weights(
         standard = weights if age_band_col is None else pd.Series(weights, index=esp["age_band"])
     if age_band_col is not None:
         if not isinstance(standard, pd.Series):
-            standard = pd.Series(np.asarray(standard, dtype=float), index=list(ESP2013_BANDS)[:len(standard)])  # fmt: skip
+            vector = np.asarray(standard, dtype=float)
+            if len(vector) != len(ESP2013_BANDS):
+                raise StatsError(
+                    f"{func}: '{role}' is a plain vector of {len(vector)} values, so it cannot "
+                    f"be matched to column '{age_band_col}' by label; pass a Series indexed by "
+                    f"age band (a vector must hold the {len(ESP2013_BANDS)} ESP 2013 bands in "
+                    "order)."
+                )
+            standard = pd.Series(vector, index=list(ESP2013_BANDS))
         keys = data[age_band_col]
         # Map the few distinct bands, not every row.
         key_codes, key_values = pd.factorize(keys)

@@ -759,3 +759,12 @@ def test_confidence_none_gives_values_only() -> None:
         assert not [c for c in out.columns if c.endswith("cl")]
         assert out["confidence"].isna().all()
         assert out["value"].notna().all()
+
+
+def test_plain_vector_with_age_band_must_be_the_19_esp_bands() -> None:
+    data = pd.DataFrame({"band": ["0-4", "5-9"], "x": [10, 30], "n": [1000, 2000]})
+    with pytest.raises(StatsError, match="plain vector of 2 values"):
+        stats.dsr(data, "x", "n", age_band="band", standard=[1.0, 1.0])
+    esp = stats.european_standard_population()["population"].to_numpy()
+    by_vector = stats.dsr(data, "x", "n", age_band="band", standard=esp)
+    assert by_vector.loc[0, "value"] == pytest.approx((0.01 * 5000 + 0.015 * 5500) / 10500 * 1e5)
