@@ -64,11 +64,15 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = [
+    "BASELINE_COVARIATES",
+    "OUTCOMES",
     "SMD_THRESHOLD",
     "Balance",
+    "CohortStudy",
     "MatchResult",
     "MatchedEffect",
     "MatchingError",
+    "cohort_study",
     "fit_propensity_score",
     "match",
 ]
@@ -1317,4 +1321,364 @@ def match(
         subclass=subclass,
         distance=score,
         match_matrix=matches,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Cohort studies on a KID session: index dates, baseline covariates, outcomes
+# --------------------------------------------------------------------------------------------
+
+#: Outcomes ``cohort_study`` can count in the follow-up window: table, date column, row filter.
+OUTCOMES: dict[str, tuple[str, str, str | None]] = {
+    "emergency_admissions": ("inpatient_spells", "admission_date", "is_emergency"),
+    "elective_admissions": ("inpatient_spells", "admission_date", "is_elective"),
+    "ae_attendances": ("ae_attendances", "arrival_date", None),
+    "cost_gbp": ("costs", "activity_date", None),
+    "death": ("persons", "date_of_death", None),
+}
+
+#: Baseline covariates measured before the index date (see :func:`cohort_study`).
+BASELINE_COVARIATES = (
+    "age",
+    "female",
+    "imd_quintile",
+    "efi_deficits",
+    "gp_events_12m",
+    "prescriptions_12m",
+    "emergency_admissions_prior_12m",
+    "ae_attendances_prior_12m",
+)
+
+_DAYS_PER_MONTH = 365.25 / 12
+
+
+@dataclass(frozen=True, eq=False)
+class CohortStudy:
+    """People exposed to a programme and candidate controls, one row per person and index date.
+
+    ``data`` has ``person_id``, ``index_date`` (enrolment date for the treated; for controls a
+    date drawn from the treated people's enrolment dates), ``index_month``, the 0/1
+    ``treatment`` column, the baseline ``covariates`` (measured before the index date), the
+    ``outcomes`` (counted from the index date for ``follow_up_months``) and
+    ``follow_up_days`` (days observed: to the end of follow-up, death, leaving Kent or the
+    study end, whichever is first). ``match(study, ...)`` and :meth:`match` accept it directly.
+    """
+
+    data: pd.DataFrame
+    treatment: str
+    covariates: tuple[str, ...]
+    outcomes: tuple[str, ...]
+    programme: str
+    lookback_months: int
+    follow_up_months: int
+
+    def match(self, **options: Any) -> MatchResult:
+        """Match on the baseline covariates, exactly on the index month unless told otherwise.
+
+        Exact matching on ``index_month`` gives every matched control an index date in the
+        same calendar month as its treated person's enrolment; pass ``exact=[]`` to drop it.
+        """
+        options.setdefault("exact", ["index_month"])
+        return match(self, **options)
+
+    def summary(self) -> pd.DataFrame:
+        """People per group and mean of each covariate and outcome (before matching)."""
+        cols = list(self.covariates) + list(self.outcomes)
+        table = self.data.groupby(self.treatment)[cols].mean().T
+        table.columns = ["control" if c == 0 else "treated" for c in table.columns]
+        counts = self.data[self.treatment].value_counts()
+        table.loc["people"] = [counts.get(0, 0), counts.get(1, 0)]
+        return table
+
+    def to_frame(self) -> pd.DataFrame:
+        """A copy of the cohort data."""
+        return self.data.copy()
+
+
+def _as_dates(values: pd.Series) -> pd.Series:
+    return pd.to_datetime(values).dt.normalize()
+
+
+def cohort_study(
+    kid: Any,
+    exposure: str = "programme_enrolments",
+    outcomes: Sequence[str] = ("emergency_admissions", "ae_attendances"),
+    *,
+    programme: str = "integrated_frailty_team",
+    lookback: str | int = "3y",
+    follow_up: str | int = "12m",
+    min_age: int = 65,
+    seed: int = 0,
+) -> CohortStudy:
+    """Build a cohort of programme enrolees and candidate controls from a KID session.
+
+    Parameters
+    ----------
+    kid
+        An open :class:`kidresearch.access.KID` session (anything with ``table(name)`` and
+        ``to_pandas(expr)``) whose proposal approves ``persons``, ``lsoas``, the exposure table,
+        ``gp_events``, ``prescriptions``, ``inpatient_spells`` and ``ae_attendances`` (and
+        ``costs`` for ``cost_gbp``).
+    exposure
+        The exposure table; ``"programme_enrolments"`` (the only one so far).
+    outcomes
+        Names from :data:`OUTCOMES`, counted in ``[index, index + follow_up)``: emergency and
+        elective admissions, A&E attendances, ``cost_gbp`` (sum) and ``death`` (0/1).
+    programme
+        The programme whose enrolees are treated.
+    lookback
+        Window before the index date in which eFI deficits are looked for (``"3y"``); prior
+        use (admissions, A&E, prescriptions) is counted in the 12 months before.
+    follow_up
+        Outcome window from the index date (``"12m"``).
+    min_age
+        Eligibility: aged at least this on the index date (the programmes take people 65+),
+        alive and registered.
+    seed
+        Seed for drawing controls' index dates.
+
+    Returns
+    -------
+    CohortStudy
+
+    Notes
+    -----
+    Index dates: a treated person's is their first enrolment in ``programme``. Every person
+    never enrolled in it is a candidate control with an index date drawn at random from the
+    treated people's enrolment dates, so the two groups' dates share a distribution;
+    :meth:`CohortStudy.match` then matches exactly on the index month, so each matched control's
+    index date lies in the calendar month of its treated person's. Covariates are measured at
+    each person's own index date, strictly before it: age (years, to the month), sex, IMD
+    quintile of the LSOA (1 = most deprived), the number of distinct eFI deficits coded in the
+    ``lookback`` window (Clegg et al. 2016 code list, ``kidresearch.frailty``), coded GP
+    events, prescription issues, emergency admissions and A&E attendances in the 12 months
+    before. Deficits coded before the proposal's visible history (``study_period.start``, or
+    ``lookback_start`` when approved) cannot be seen: approve a lookback for a full eFI. Treated people
+    not eligible on their enrolment date (younger than ``min_age``, not registered, dead) are
+    left out with a :class:`~kidresearch.errors.DroppedRowsWarning` giving the count. People
+    enrolled later are never controls (a simplification: they are a little sicker than other
+    never-enrolled people, which makes the comparison conservative for a beneficial effect).
+    """
+    import ibis
+
+    from kidresearch.frailty import deficit_codelist, parse_months
+
+    if exposure != "programme_enrolments":
+        raise MatchingError(
+            f"exposure must be 'programme_enrolments' (the only exposure table); got {exposure!r}."
+        )
+    unknown = [o for o in outcomes if o not in OUTCOMES]
+    if unknown:
+        raise MatchingError(f"Unknown outcomes {unknown}; available: {list(OUTCOMES)}.")
+    lookback_months = parse_months(lookback, "lookback")
+    follow_up_months = parse_months(follow_up, "follow_up")
+    lookback_days = round(lookback_months * _DAYS_PER_MONTH)
+    follow_up_days = round(follow_up_months * _DAYS_PER_MONTH)
+
+    enrol = kid.table(exposure)
+    enrol = enrol.filter(enrol.programme == programme)
+    first = kid.to_pandas(
+        enrol.group_by("person_id").aggregate(index_date=enrol.enrolment_date.min())
+    )
+    if first.empty:
+        raise MatchingError(f"No enrolments in programme '{programme}' in {exposure}.")
+    persons = kid.to_pandas(
+        kid.table("persons").select(
+            "person_id",
+            "sex",
+            "birth_year",
+            "birth_month",
+            "lsoa_code",
+            "registration_start",
+            "registration_end",
+            "date_of_death",
+        )
+    )
+    lsoas = kid.to_pandas(kid.table("lsoas").select("lsoa_code", "imd_quintile"))
+
+    first["index_date"] = _as_dates(first["index_date"])
+    treated = persons.merge(first, on="person_id", how="inner")
+    controls = persons[~persons["person_id"].isin(first["person_id"])].copy()
+    rng = np.random.default_rng(seed)
+    controls["index_date"] = rng.choice(first["index_date"].to_numpy(), size=len(controls))
+    treated["treated"] = 1
+    controls["treated"] = 0
+    cohort = pd.concat([treated, controls], ignore_index=True)
+    index = _as_dates(cohort["index_date"])
+    birth_months = cohort["birth_year"].astype(int) * 12 + cohort["birth_month"].astype(int) - 1
+    age_months = index.dt.year * 12 + index.dt.month - 1 - birth_months
+    cohort["age"] = age_months / 12.0
+    registered = (_as_dates(cohort["registration_start"]) <= index) & (
+        cohort["registration_end"].isna() | (_as_dates(cohort["registration_end"]) > index)
+    )
+    alive = cohort["date_of_death"].isna() | (_as_dates(cohort["date_of_death"]) > index)
+    eligible = registered & alive & (cohort["age"] >= min_age)
+    n_treated_out = int((~eligible & (cohort["treated"] == 1)).sum())
+    if n_treated_out:
+        warnings.warn(
+            f"{n_treated_out} of {len(treated)} people enrolled in {programme} were not eligible "
+            f"on their enrolment date (aged under {min_age}, not registered or dead) and are "
+            "left out.",
+            DroppedRowsWarning,
+            stacklevel=2,
+        )
+    cohort = cohort.loc[eligible].reset_index(drop=True)
+    index = _as_dates(cohort["index_date"])
+    cohort["index_date"] = index
+    cohort["index_month"] = index.dt.strftime("%Y-%m")
+    cohort["female"] = (cohort["sex"] == "F").astype(float)
+    cohort = cohort.merge(lsoas, on="lsoa_code", how="left")
+    n_no_imd = int(cohort["imd_quintile"].isna().sum())
+    if n_no_imd:
+        raise MatchingError(
+            f"{n_no_imd} cohort members have an lsoa_code missing from the lsoas table; "
+            "cannot measure deprivation."
+        )
+    cohort["row_id"] = np.arange(len(cohort), dtype=np.int64)
+
+    windows = pd.DataFrame(
+        {
+            "row_id": cohort["row_id"],
+            "person_id": cohort["person_id"],
+            "index_date": index.dt.date,
+            "prior_12m_start": (index - pd.Timedelta(days=365)).dt.date,
+            "lookback_start": (index - pd.Timedelta(days=lookback_days)).dt.date,
+            "follow_up_end": (index + pd.Timedelta(days=follow_up_days)).dt.date,
+        }
+    )
+    win = ibis.memtable(windows)
+
+    def counts(table: str, date_col: str, aggregates: dict[str, Any], start: str) -> pd.DataFrame:
+        events = kid.table(table)
+        joined = events.join(win, "person_id")
+        joined = joined.filter(
+            (joined[date_col] >= joined[start]) & (joined[date_col] < joined.follow_up_end)
+        )
+        spec = {name: make(joined) for name, make in aggregates.items()}
+        return kid.to_pandas(joined.group_by("row_id").aggregate(**spec))
+
+    def n_in(joined: Any, date_col: str, lo: str, hi: str, flag: str | None = None) -> Any:
+        inside = (joined[date_col] >= joined[lo]) & (joined[date_col] < joined[hi])
+        if flag is not None:
+            inside = inside & joined[flag]
+        return inside.cast("int64").sum()
+
+    parts = [
+        counts(
+            "inpatient_spells",
+            "admission_date",
+            {
+                "emergency_admissions_prior_12m": lambda j: n_in(
+                    j, "admission_date", "prior_12m_start", "index_date", "is_emergency"
+                ),
+                "emergency_admissions": lambda j: n_in(
+                    j, "admission_date", "index_date", "follow_up_end", "is_emergency"
+                ),
+                "elective_admissions": lambda j: n_in(
+                    j, "admission_date", "index_date", "follow_up_end", "is_elective"
+                ),
+            },
+            "prior_12m_start",
+        ),
+        counts(
+            "ae_attendances",
+            "arrival_date",
+            {
+                "ae_attendances_prior_12m": lambda j: n_in(
+                    j, "arrival_date", "prior_12m_start", "index_date"
+                ),
+                "ae_attendances": lambda j: n_in(j, "arrival_date", "index_date", "follow_up_end"),
+            },
+            "prior_12m_start",
+        ),
+        counts(
+            "prescriptions",
+            "issue_date",
+            {"prescriptions_12m": lambda j: n_in(j, "issue_date", "prior_12m_start", "index_date")},
+            "prior_12m_start",
+        ),
+    ]
+    if "cost_gbp" in outcomes:
+        parts.append(
+            counts(
+                "costs",
+                "activity_date",
+                {
+                    "cost_gbp": lambda j: (
+                        ((j.activity_date >= j.index_date) & (j.activity_date < j.follow_up_end))
+                        .ifelse(j.cost_gbp, 0.0)
+                        .sum()
+                    )
+                },
+                "index_date",
+            )
+        )
+    codes = ibis.memtable(deficit_codelist()[["snomed_code", "deficit"]])
+    gp = kid.table("gp_events")
+    gp_win = gp.join(win, "person_id")
+    gp_win = gp_win.filter(
+        (gp_win.event_date >= gp_win.lookback_start) & (gp_win.event_date < gp_win.index_date)
+    )
+    parts.append(
+        kid.to_pandas(
+            gp_win.group_by("row_id").aggregate(
+                gp_events_12m=(gp_win.event_date >= gp_win.prior_12m_start).cast("int64").sum()
+            )
+        )
+    )
+    hits = gp_win.join(codes, gp_win.snomed_code == codes.snomed_code).select("row_id", "deficit")
+    hits = hits.distinct()
+    parts.append(kid.to_pandas(hits.group_by("row_id").aggregate(efi_deficits=hits.count())))
+
+    for part in parts:
+        cohort = cohort.merge(part, on="row_id", how="left")
+    count_cols = [
+        "emergency_admissions_prior_12m",
+        "emergency_admissions",
+        "elective_admissions",
+        "ae_attendances_prior_12m",
+        "ae_attendances",
+        "prescriptions_12m",
+        "efi_deficits",
+        "gp_events_12m",
+    ]
+    cohort[count_cols] = cohort[count_cols].fillna(0).astype(np.int64)
+    if "cost_gbp" in outcomes:
+        cohort["cost_gbp"] = cohort["cost_gbp"].fillna(0.0)
+
+    death = _as_dates(cohort["date_of_death"])
+    fu_end = index + pd.Timedelta(days=follow_up_days)
+    cohort["death"] = (death.notna() & (death < fu_end)).astype(np.int64)
+    end = fu_end.copy()
+    for limit in (death, _as_dates(cohort["registration_end"])):
+        end = end.where(limit.isna() | (limit >= end), limit)
+    study_end = getattr(getattr(getattr(kid, "proposal", None), "study_period", None), "end", None)
+    if study_end is not None:
+        end = end.clip(upper=pd.Timestamp(study_end) + pd.Timedelta(days=1))
+    cohort["follow_up_days"] = (end - index).dt.days.clip(lower=0)
+
+    keep = [
+        "person_id",
+        "index_date",
+        "index_month",
+        "treated",
+        *BASELINE_COVARIATES,
+        *outcomes,
+        "follow_up_days",
+    ]
+    data = cohort[list(dict.fromkeys(keep))]
+    logger.info(
+        "cohort_study %s: %d treated, %d candidate controls",
+        programme,
+        int(data["treated"].sum()),
+        int((data["treated"] == 0).sum()),
+    )
+    return CohortStudy(
+        data=data,
+        treatment="treated",
+        covariates=BASELINE_COVARIATES,
+        outcomes=tuple(outcomes),
+        programme=programme,
+        lookback_months=lookback_months,
+        follow_up_months=follow_up_months,
     )
