@@ -81,6 +81,24 @@ DEFAULT_FORMULA = (
     " + ae_attendances + outpatient_attendances + long_term_conditions + polypharmacy"
     " + efi_score + C(imd_quintile)"
 )
+# The synthetic generator's emergency-admission model (kidresearch.synth, truth.json
+# "emergency_admission_model"), written over the columns of :func:`features`, and the map from
+# truth.json's coefficient names to this formula's terms.
+GENERATOR_FORMULA = (
+    "emergency_admission ~ I((age - 65) / 10) + I(sex == 'M') + C(efi_category)"
+    " + polypharmacy + any_emergency_12m + deprivation"
+)
+GENERATOR_TERMS: dict[str, str] = {
+    "intercept": "Intercept",
+    "age_per_decade": "I((age - 65) / 10)",
+    "male": "I(sex == 'M')[T.True]",
+    "efi_mild": "C(efi_category)[T.mild]",
+    "efi_moderate": "C(efi_category)[T.moderate]",
+    "efi_severe": "C(efi_category)[T.severe]",
+    "polypharmacy": "polypharmacy",
+    "prior_emergency_12m": "any_emergency_12m",
+    "deprivation_per_quintile": "deprivation",
+}
 TOP_SHARES: tuple[float, ...] = (0.005, 0.01, 0.05)
 Outcome = Literal["emergency_admission", "acsc_admission"]
 
@@ -353,6 +371,23 @@ class RiskModel:
             )
         return pd.DataFrame(rows)
 
+    def against_truth(self, truth: Mapping[str, Any]) -> pd.DataFrame:
+        """Coefficients beside a synthetic KID's true emergency-admission model.
+
+        ``truth`` is the generator's ``truth.json``; its
+        ``emergency_admission_model.coefficients`` are matched to this model's terms through
+        :data:`GENERATOR_TERMS` (fit with ``formula=GENERATOR_FORMULA`` to compare them all).
+        ``z_from_truth`` is (estimate - truth) / standard error.
+        """
+        try:
+            coefficients = truth["emergency_admission_model"]["coefficients"]
+        except (KeyError, TypeError) as err:
+            raise RiskError(
+                "truth has no 'emergency_admission_model.coefficients' (expected the synthetic "
+                "generator's truth.json)."
+            ) from err
+        return self.compare(coefficients, GENERATOR_TERMS)
+
     @cached_property
     def _performance(self) -> pd.DataFrame:
         f = self._eval_frame()
@@ -426,20 +461,35 @@ class RiskModel:
         return frame[["person_id", "practice_code", "sex", "age", "imd_quintile", "predicted"]]
 
     def summary(self) -> pd.DataFrame:
-        """Coefficients (model checked through disclosure control) and performance."""
-        try:
-            from kidresearch import sdc
-        except ImportError:
-            sdc = None
-        check_model = getattr(sdc, "check_model", None)
-        if check_model is not None:
-            check_model(self.result_)
-        else:
-            log.warning("kidresearch.sdc.check_model is not available: model NOT checked")
+        """Coefficients and performance, released only if the model passes disclosure control.
+
+        The model goes through :func:`kidresearch.sdc.check_model` (residual degrees of
+        freedom, observations behind each categorical level); the performance counts
+        (people flagged) through :func:`kidresearch.sdc.check_table`.
+
+        Raises
+        ------
+        DisclosureError
+            If the model fails the check; the message gives the reasons.
+        """
+        from kidresearch import sdc
+        from kidresearch.errors import DisclosureError
+
+        checked = sdc.check_model(self.result_, name="risk_model")
+        if not checked.passed:
+            raise DisclosureError(
+                "The risk model fails disclosure control: " + "; ".join(checked.record.reasons)
+            )
         coefs = self.coefficients().assign(section="coefficient")
         perf = self.performance().rename(columns={"metric": "term", "value": "coef"})
-        perf = release(perf.assign(section="performance"), counts=[], name="risk_model_performance")
-        return pd.concat([coefs, perf], ignore_index=True)
+        flagged = perf[perf.term.str.endswith("_flagged")].copy()
+        flagged["coef"] = flagged["coef"].astype(int)
+        released = release(flagged, counts=["coef"], keys=["term"], name="risk_model_flagged")
+        perf = perf.set_index("term")
+        perf.loc[released["term"], "coef"] = released["coef"].to_numpy()
+        return pd.concat(
+            [coefs, perf.reset_index().assign(section="performance")], ignore_index=True
+        )
 
     def plot(self, ax: Any = None) -> Any:
         """Calibration plot: observed vs predicted risk by tenth; returns the Axes."""
@@ -540,10 +590,7 @@ def fit(
     back = parse_months(lookback, "lookback")
     ahead = parse_months(horizon, "horizon")
     fit_at = months_before(at_date, ahead) if validate == "time-split" else at_date
-    last_outcome_day = (
-        months_after(at_date, ahead) if validate == "time-split" else months_after(at_date, ahead)
-    )
-    _check_outcome_window(kid, last_outcome_day)
+    _check_outcome_window(kid, months_after(at_date, ahead))
     train = features(kid, fit_at, lookback=back, horizon=ahead, outcome=outcome)
     train = _complete_rows(train, formula, "fit")
     if train[outcome].sum() == 0:
@@ -584,6 +631,8 @@ def _check_outcome_window(kid: KIDLike, last_day: dt.date) -> None:
 
 __all__: Sequence[str] = (
     "DEFAULT_FORMULA",
+    "GENERATOR_FORMULA",
+    "GENERATOR_TERMS",
     "LONG_TERM_CONDITIONS",
     "RiskError",
     "RiskModel",

@@ -14,6 +14,7 @@ import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from kidresearch.schema import RESEARCH_TABLES
 
@@ -371,3 +372,48 @@ def session_from_frames(frames: dict[str, pd.DataFrame]) -> FakeKID:
                 tidy[col] = _DEFAULTS.get(col)
         con.create_table(name, pa.Table.from_pandas(tidy, schema=schema, preserve_index=False))
     return FakeKID(con=con, frames=frames)
+
+
+_ALL_TABLES_PROPOSAL = """\
+id: recipes-tests
+title: Recipe tests against the synthetic truth
+lead_researcher: Test suite
+organisation: kidresearch
+purpose: Check the frailty, risk and variation recipes against the demo KID's truth file.
+approved: 2026-01-01
+expires: 2099-01-01
+kid_version: latest
+tables:
+{tables}
+study_period:
+  start: 1900-01-01
+  end: 2099-12-31
+"""
+# The eFI needs every coded event ever recorded, so the proposal's study period starts early.
+RECIPE_TABLES = (
+    "persons",
+    "practices",
+    "lsoas",
+    "gp_events",
+    "prescriptions",
+    "inpatient_spells",
+    "ae_attendances",
+    "outpatient_appointments",
+    "social_care_packages",
+    "programme_enrolments",
+)
+
+
+@pytest.fixture(scope="module")
+def demo_session(demo_kid, tmp_path_factory):
+    """A KID session on the demo KID for a proposal approving every table the recipes read."""
+    import kidresearch
+
+    folder = tmp_path_factory.mktemp("recipes_proposal")
+    path = folder / "recipes-tests.yaml"
+    path.write_text(
+        _ALL_TABLES_PROPOSAL.format(tables="\n".join(f"  {t}: all" for t in RECIPE_TABLES))
+    )
+    kid = kidresearch.connect(path, data=demo_kid, user="tests")
+    yield kid
+    kid.close()
