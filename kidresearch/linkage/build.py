@@ -299,7 +299,7 @@ class _Builder:
         self.con.execute(f"SET memory_limit = '{_MEMORY_LIMIT}'")
         self.con.execute(f"SET temp_directory = '{self.work / 'spill'}'")
         self.con.execute("SET preserve_insertion_order = false")
-        self.hmac = pseudonym.sql_hmac_params(key)
+        self.con.execute("SET enable_progress_bar = false")
         self.checks: dict[str, list] = {}
         self.counts: dict[str, pd.DataFrame] = {}
         self.reasons: list[dict] = []
@@ -397,7 +397,9 @@ class _Builder:
         table = schema.RAW_FEEDS[feed]
         relation, types = self._raw_relation(feed)
         linked = feed != "registrations"
-        checks = feed_checks(table, source_types=types, linked=linked)
+        checks = feed_checks(
+            table, source_types=types, linked=linked, nhs_integer=None if linked else "_nhs_int"
+        )
         self.checks[feed] = checks
         typed = ",\n".join(
             f"{typed_expression(c, types.get(c.name))} AS t_{c.name}"
@@ -406,7 +408,11 @@ class _Builder:
         )
         nhs = sql_nhs_normalise("CAST(r.nhs_number AS VARCHAR)")
         join = "LEFT JOIN register g ON g.nhs = t._nhs" if linked else ""
-        person = "g.person_id AS _person_id" if linked else "NULL AS _person_id"
+        person = (
+            "g.person_id AS _person_id"
+            if linked
+            else "NULL AS _person_id, TRY_CAST(t._nhs AS BIGINT) AS _nhs_int"
+        )
         out_cols = self._stage_columns(feed)
         sql = f"""
         COPY (
@@ -424,7 +430,7 @@ class _Builder:
         ) TO {literal(str(self.stage / f"{feed}.parquet"))} (FORMAT parquet)
         """
         try:
-            self.con.execute(sql, self.hmac if feed == "registrations" else {})
+            self.con.execute(sql)
         except duckdb.Error as exc:
             raise self._failing_file(feed, exc) from exc
         self.con.execute(
@@ -434,13 +440,9 @@ class _Builder:
 
     def _stage_columns(self, feed: str) -> str:
         if feed == "registrations":
-            household = pseudonym.sql_hmac_hex(
-                f"'{pseudonym.HOUSEHOLD_PREFIX}' || CAST(t_uprn AS VARCHAR)"
-            )
             return (
                 "_nhs, t_sex AS sex, CAST(year(t_date_of_birth) AS SMALLINT) AS birth_year, "
-                "CAST(month(t_date_of_birth) AS TINYINT) AS birth_month, "
-                f"CASE WHEN t_uprn IS NULL THEN NULL ELSE {household} END AS household_id, "
+                "CAST(month(t_date_of_birth) AS TINYINT) AS birth_month, t_uprn AS uprn, "
                 "t_practice_code AS practice_code, t_postcode_lsoa AS lsoa_code, "
                 "t_registration_start AS registration_start, "
                 "t_registration_end AS registration_end"
@@ -460,15 +462,37 @@ class _Builder:
             cols.append("t_admission_method AS admission_method_raw")
         return ", ".join(cols)
 
+    def _pseudonymise(self, table: str, query: str, prefix: str, column: str) -> None:
+        """Create ``table(value, <column>)``: the keyed HMAC of each distinct value of ``query``.
+
+        The distinct values (about 2 million NHS numbers at Kent scale) go through Python's
+        hashlib once each; the result is joined back in DuckDB.
+        """
+        values = self.con.execute(query).to_arrow_table().column(0)
+        texts = values.cast(pa.string()).to_pylist()
+        hashed = pseudonym.hmac_hex_many(self.key, texts, prefix=prefix)
+        frame = pa.table({"value": values, column: pa.array(hashed, pa.string())})
+        self.con.register(f"{table}_arrow", frame)
+        self.con.execute(f"CREATE TABLE {table} AS SELECT * FROM {table}_arrow")
+        self.con.unregister(f"{table}_arrow")
+
     def build_register(self) -> None:
-        """Distinct valid NHS numbers of the register -> person_id (HMAC in DuckDB)."""
-        person = pseudonym.sql_hmac_hex("nhs")
+        """Distinct valid NHS numbers of the register -> person_id; UPRN -> household_id."""
+        self._pseudonymise(
+            "register_values",
+            "SELECT DISTINCT _nhs FROM stage_registrations WHERE _problem IS NULL",
+            "",
+            "person_id",
+        )
         self.con.execute(
-            f"""CREATE TABLE register AS
-            SELECT nhs, {person} AS person_id FROM (
-              SELECT DISTINCT _nhs AS nhs FROM stage_registrations WHERE _problem IS NULL
-            )""",
-            self.hmac,
+            "CREATE TABLE register AS SELECT value AS nhs, person_id FROM register_values"
+        )
+        self._pseudonymise(
+            "households",
+            "SELECT DISTINCT uprn FROM stage_registrations "
+            "WHERE _problem IS NULL AND uprn IS NOT NULL",
+            pseudonym.HOUSEHOLD_PREFIX,
+            "household_id",
         )
 
     # ----------------------------------------------------------- corrections
@@ -564,16 +588,20 @@ class _Builder:
         ).df()
         expected = {str(e.path): e.rows for e in self.extracts if e.feed == feed}
         counts["rows_in"] = counts["_file"].map(expected).astype("int64")
-        for row in counts.itertuples():
-            if row.rows_staged != row.rows_in:
-                raise BuildError(
-                    f"{row._file}: {row.rows_in} rows in the file but {row.rows_staged} were read."
-                )
-            if row.rows_in != row.rows_linked + row.rows_quarantined:
-                raise BuildError(
-                    f"{row._file}: rows in ({row.rows_in}) != rows linked ({row.rows_linked}) "
-                    f"+ rows quarantined ({row.rows_quarantined})."
-                )
+        lost = counts[counts["rows_staged"] != counts["rows_in"]]
+        if len(lost):
+            first = lost.iloc[0]
+            raise BuildError(
+                f"{first['_file']}: {first['rows_in']} rows in the file but "
+                f"{first['rows_staged']} were read."
+            )
+        broken = counts[counts["rows_in"] != counts["rows_linked"] + counts["rows_quarantined"]]
+        if len(broken):
+            first = broken.iloc[0]
+            raise BuildError(
+                f"{first['_file']}: rows in ({first['rows_in']}) != rows linked "
+                f"({first['rows_linked']}) + rows quarantined ({first['rows_quarantined']})."
+            )
         self.counts[feed] = counts
         published = self.con.execute(f"SELECT count(*) FROM {self.final_rows(feed)}").fetchone()[0]
         if published != counts["rows_linked"].sum() - self.corrections[feed]:
@@ -638,7 +666,9 @@ class _Builder:
         deaths = self.final_rows("deaths")
         source = f"""(
           WITH episodes AS (
-            SELECT g.person_id, r.* FROM {registrations} r JOIN register g ON g.nhs = r._nhs
+            SELECT g.person_id, h.household_id, r.* EXCLUDE (uprn)
+            FROM {registrations} r JOIN register g ON g.nhs = r._nhs
+            LEFT JOIN households h ON h.value = r.uprn
           ),
           people AS (
             SELECT person_id,
@@ -723,33 +753,35 @@ def _table_listing(tables: Path) -> dict[str, dict]:
     return listing
 
 
-def _counts(frame: pd.DataFrame) -> dict:
-    rows_in = int(frame["rows_in"].sum())
-    unlinkable = int(frame["rows_unlinkable"].sum())
-    quarantined = int(frame["rows_quarantined"].sum())
-    return {
-        "rows_in": rows_in,
-        "rows_linked": int(frame["rows_linked"].sum()),
-        "rows_quarantined": quarantined,
-        "rows_unlinkable": unlinkable,
-        "rows_malformed": quarantined - unlinkable,
-        "linkage_rate": (rows_in - unlinkable) / rows_in if rows_in else 1.0,
-    }
+_COUNT_COLUMNS = ["rows_in", "rows_linked", "rows_quarantined", "rows_unlinkable"]
+
+
+def _count_records(frame: pd.DataFrame, by: list[str]) -> list[dict]:
+    """Sum the per-file counts by ``by`` and add rows_malformed and linkage_rate."""
+    sums = frame.groupby(by, sort=True)[_COUNT_COLUMNS].sum().reset_index()
+    sums["rows_malformed"] = sums["rows_quarantined"] - sums["rows_unlinkable"]
+    rows_in = sums["rows_in"].where(sums["rows_in"] > 0)
+    sums["linkage_rate"] = ((sums["rows_in"] - sums["rows_unlinkable"]) / rows_in).fillna(1.0)
+    records = sums.to_dict("records")
+    return [
+        {k: (int(v) if k in _COUNT_COLUMNS or k == "rows_malformed" else v) for k, v in r.items()}
+        for r in records
+    ]
 
 
 def _report(builder: _Builder, version: str, inputs: list[dict], tables: dict) -> dict:
-    feeds, months = [], []
-    for feed, counts in builder.counts.items():
-        for month, group in counts.groupby("_month", sort=True):
-            months.append({"feed": feed, "extract_month": month, **_counts(group)})
-        feeds.append(
-            {
-                "feed": feed,
-                **_counts(counts),
-                "corrections_applied": int(builder.corrections[feed]),
-                "rows_published": builder.published_rows[feed],
-            }
-        )
+    frame = pd.concat(
+        [counts.assign(feed=feed) for feed, counts in builder.counts.items()], ignore_index=True
+    )
+    months = _count_records(
+        frame.rename(columns={"_month": "extract_month"}), ["feed", "extract_month"]
+    )
+    order = {feed: i for i, feed in enumerate(builder.counts)}
+    months.sort(key=lambda m: (order[m["feed"]], m["extract_month"]))
+    feeds = sorted(_count_records(frame, ["feed"]), key=lambda f: order[f["feed"]])
+    for f in feeds:
+        f["corrections_applied"] = int(builder.corrections[f["feed"]])
+        f["rows_published"] = builder.published_rows[f["feed"]]
     return {
         "version": version,
         "definitions": {
@@ -926,9 +958,13 @@ def _build_new(
         step("Writing costs")
         builder.write_costs(tables)
         # Extracts' rows are known now for CSV too.
+        rows_in = {
+            path: int(n)
+            for counts in builder.counts.values()
+            for path, n in zip(counts["_file"], counts["rows_in"], strict=True)
+        }
         inputs = [
-            {"file": e.relative, "sha256": e.sha256, "rows": int(_rows_of(builder, e))}
-            for e in extracts
+            {"file": e.relative, "sha256": e.sha256, "rows": rows_in[str(e.path)]} for e in extracts
         ]
         listing = _table_listing(tables)
         _check_tables(builder, listing)
@@ -964,11 +1000,6 @@ def _build_new(
         builder.close()
         shutil.rmtree(temp_version, ignore_errors=True)
         shutil.rmtree(temp_quarantine, ignore_errors=True)
-
-
-def _rows_of(builder: _Builder, extract: _Extract) -> int:
-    counts = builder.counts[extract.feed]
-    return int(counts.loc[counts["_file"] == str(extract.path), "rows_in"].sum())
 
 
 def _check_tables(builder: _Builder, listing: dict[str, dict]) -> None:

@@ -177,25 +177,32 @@ def nhs_number_reason(values: pd.Series | pa.Array | pa.ChunkedArray | list) -> 
 
 
 def sql_nhs_normalise(column: str) -> str:
-    """DuckDB SQL expression: ``column`` with spaces and dashes removed (NULL stays NULL)."""
-    return f"regexp_replace({column}, '[\\s-]', '', 'g')"
+    """DuckDB SQL expression: ``column`` with spaces and dashes removed (NULL stays NULL).
+
+    Most values are already 10 plain characters; those skip the regular expression (a
+    10-character value with a separator in it is invalid either way).
+    """
+    return (
+        f"CASE WHEN strlen({column}) = 10 THEN {column} "
+        f"ELSE regexp_replace({column}, '[\\s-]', '', 'g') END"
+    )
 
 
-def sql_nhs_valid(normalised: str) -> str:
+def sql_nhs_valid(normalised: str, *, as_integer: str | None = None) -> str:
     """DuckDB SQL expression that is true when ``normalised`` passes the modulus 11 check.
 
     ``normalised`` must already be free of separators (see :func:`sql_nhs_normalise`). The
     expression is the same rule as :func:`validate_nhs_number`, evaluated inside DuckDB so the
-    build never pulls NHS numbers into Python.
+    build never pulls NHS numbers into Python. The digits are taken arithmetically from the
+    number as a BIGINT (``as_integer``, default ``TRY_CAST(normalised AS BIGINT)``), which is
+    several times faster than string slicing.
     """
+    number = as_integer or f"TRY_CAST({normalised} AS BIGINT)"
     weighted = " + ".join(
-        f"(ascii(substr({normalised}, {i + 1}, 1)) - 48) * {w}"
-        for i, w in enumerate(NHS_NUMBER_WEIGHTS)
+        f"(({number} // {10 ** (9 - i)}) % 10) * {w}" for i, w in enumerate(NHS_NUMBER_WEIGHTS)
     )
-    check = f"(11 - (({weighted}) % 11)) % 11"
+    check = f"((11 - ({weighted}) % 11) % 11)"
     return (
-        f"(regexp_full_match({normalised}, '[0-9]{{10}}') AND "
-        f"CASE WHEN regexp_full_match({normalised}, '[0-9]{{10}}') THEN "
-        f"{check} <> 10 AND {check} = ascii(substr({normalised}, 10, 1)) - 48 "
-        "ELSE FALSE END)"
+        f"coalesce(regexp_full_match({normalised}, '[0-9]{{10}}') AND "
+        f"{check} <> 10 AND {check} = {number} % 10, FALSE)"
     )

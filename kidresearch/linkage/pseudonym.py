@@ -11,9 +11,11 @@ that any two collide is about n**2 / 2**129, roughly 1e-26. ``household_id`` is
 HMAC-SHA256(key, "uprn:" + UPRN) truncated the same way; the prefix keeps the two id spaces
 apart.
 
-The build computes the HMAC inside DuckDB (:func:`sql_hmac_hex`, the RFC 2104 construction over
-DuckDB's ``sha256``) so NHS numbers never pass through Python; :func:`hmac_hex` is the plain
-:mod:`hmac` reference implementation, and the tests check the two agree.
+The build computes the HMAC of each *distinct* NHS number and UPRN once
+(:func:`hmac_hex_many`, about 2 million at Kent scale) and joins the result back in DuckDB;
+:func:`hmac_hex` is the plain :mod:`hmac` reference implementation, and the tests check they
+agree. :func:`sql_hmac_hex` is the same construction in DuckDB SQL (over its ``sha256``), for
+callers that must not move values out of the database; it is about half as fast.
 
 Examples
 --------
@@ -47,6 +49,7 @@ __all__ = [
     "PSEUDONYM_HEX_CHARS",
     "ensure_secret_file",
     "hmac_hex",
+    "hmac_hex_many",
     "key_fingerprint",
     "new_key_file",
     "read_key",
@@ -135,6 +138,33 @@ def read_key(path: str | os.PathLike[str]) -> bytes:
 def hmac_hex(key: bytes, message: str, *, chars: int = PSEUDONYM_HEX_CHARS) -> str:
     """HMAC-SHA256 of ``message`` under ``key`` as lower-case hex, truncated to ``chars``."""
     return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()[:chars]
+
+
+def hmac_hex_many(
+    key: bytes, messages: list[str], *, prefix: str = "", chars: int = PSEUDONYM_HEX_CHARS
+) -> list[str]:
+    """HMAC-SHA256 (hex, truncated) of ``prefix + m`` for every message: RFC 2104 with the
+    padded-key hash states computed once and copied per message (about twice as fast as
+    :func:`hmac.new` per message). Used on *distinct* NHS numbers and UPRNs only.
+
+    Examples
+    --------
+    >>> key = bytes(range(32))
+    >>> hmac_hex_many(key, ["9434765919"]) == [hmac_hex(key, "9434765919")]
+    True
+    """
+    ipad, opad = _pads(key)
+    inner, outer = hashlib.sha256(ipad), hashlib.sha256(opad)
+    head = prefix.encode("utf-8")
+
+    def one(message: str) -> str:
+        first = inner.copy()
+        first.update(head + message.encode("utf-8"))
+        second = outer.copy()
+        second.update(first.digest())
+        return second.hexdigest()[:chars]
+
+    return [one(m) for m in messages]
 
 
 def key_fingerprint(key: bytes) -> str:

@@ -103,6 +103,7 @@ class Check:
     reason: str
     condition: str
     value: str
+    guard: str = ""  # evaluated only for rows where this SQL is true (see problem_case)
 
 
 def typed_expression(column: Column, source_type: str | None) -> str:
@@ -143,6 +144,7 @@ def feed_checks(
     *,
     source_types: dict[str, str],
     linked: bool,
+    nhs_integer: str | None = None,
 ) -> list[Check]:
     """The ordered checks for one raw feed.
 
@@ -158,22 +160,29 @@ def feed_checks(
         DuckDB type of each raw column as it arrived (missing: treated as text).
     linked
         Whether rows must match the population register (every feed but ``registrations``).
+        Rows that matched the register (``_person_id`` set) have a valid NHS number, so the
+        NHS checks run only on the few that did not.
+    nhs_integer
+        SQL of the normalised NHS number as BIGINT, when the query has it as a column.
     """
     cols = [c for c in table.columns if c.name != "nhs_number"]
     nhs_raw = "CAST(nhs_number AS VARCHAR)"
+    guard = "_person_id IS NULL" if linked else ""
     checks: list[Check] = [
-        Check("nhs_number", "nhs_number missing", "NULLIF(_nhs, '') IS NULL", "NULL"),
+        Check("nhs_number", "nhs_number missing", "NULLIF(_nhs, '') IS NULL", "NULL", guard),
         Check(
             "nhs_number",
             "nhs_number not 10 digits",
             "NOT regexp_full_match(_nhs, '[0-9]{10}')",
             nhs_raw,
+            guard,
         ),
         Check(
             "nhs_number",
             "nhs_number fails the modulus 11 check",
-            f"NOT {sql_nhs_valid('_nhs')}",
+            f"NOT {sql_nhs_valid('_nhs', as_integer=nhs_integer)}",
             nhs_raw,
+            guard,
         ),
     ]
     if linked:
@@ -181,8 +190,9 @@ def feed_checks(
             Check(
                 "nhs_number",
                 "nhs_number not in the population register",
-                "_person_id IS NULL",
+                "TRUE",
                 nhs_raw,
+                guard,
             )
         )
 
@@ -292,8 +302,26 @@ def feed_checks(
 
 
 def problem_case(checks: list[Check]) -> str:
-    """SQL ``CASE`` giving the index of the first failing check (NULL when the row passes)."""
-    whens = "\n".join(f"    WHEN {c.condition} THEN {i}" for i, c in enumerate(checks))
+    """SQL ``CASE`` giving the index of the first failing check (NULL when the row passes).
+
+    Consecutive checks with the same ``guard`` are nested under ``WHEN guard THEN CASE ...``,
+    so DuckDB evaluates them only for the rows the guard selects (e.g. the NHS number checks
+    only for the 1-2% of rows that did not match the register).
+    """
+    lines: list[str] = []
+    i = 0
+    while i < len(checks):
+        guard = checks[i].guard
+        if not guard:
+            lines.append(f"    WHEN {checks[i].condition} THEN {i}")
+            i += 1
+            continue
+        inner = []
+        while i < len(checks) and checks[i].guard == guard:
+            inner.append(f"WHEN {checks[i].condition} THEN {i}")
+            i += 1
+        lines.append(f"    WHEN {guard} THEN CASE {' '.join(inner)} END")
+    whens = "\n".join(lines)
     return f"CASE\n{whens}\nEND"
 
 
@@ -304,4 +332,7 @@ def value_case(checks: list[Check], problem: str = "_problem") -> str:
     )
     if not whens:
         return "CAST(NULL AS VARCHAR)"
-    return f"CAST(CASE {problem}\n{whens}\nEND AS VARCHAR)"
+    return (
+        f"CASE WHEN {problem} IS NULL THEN NULL ELSE "
+        f"CAST(CASE {problem}\n{whens}\nEND AS VARCHAR) END"
+    )

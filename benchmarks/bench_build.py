@@ -1,0 +1,132 @@
+"""Benchmark: ``kid build`` on the Kent preset (1.9 million people, five years of monthly feeds).
+
+Prints (never asserts) the wall time of each full build, the median, the peak resident memory of
+each build process (``resource.getrusage`` in the child, which includes DuckDB's native memory),
+the wall time of an idempotent re-run (same inputs: a no-op), and the linkage rate per feed.
+Targets: at most 60 s median and 6 GB peak on 2 cores; linkage rate 98-99% per feed.
+
+Each build runs in a fresh subprocess into a fresh KID folder, so runs do not share caches other
+than the operating system's page cache. Timings on a shared machine are noisy; say so when
+quoting them.
+
+Data: ``--raw DIR`` (raw feeds from ``kid synth --preset kent``), else the Kent preset is
+generated once into ``--workdir`` (a few minutes).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_build.py [--raw DIR] [--runs 3] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_CHILD = r"""
+import json, resource, sys, time
+from kidresearch.linkage import build
+started = time.perf_counter()
+result = build(sys.argv[1], sys.argv[2], key_file=sys.argv[3], progress=False)
+seconds = time.perf_counter() - started
+peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": seconds, "peak_gib": peak_kib / 1024**2, "reused": result.reused,
+                  "version": result.version, "feeds": result.report["feeds"],
+                  "tables": result.row_counts}))
+"""
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _run_build(raw: Path, out: Path, key: Path) -> dict:
+    completed = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(raw), str(out), str(key)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--raw", type=Path, default=None, help="raw feeds folder (kent preset)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_build_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    raw = args.raw
+    if raw is None:
+        raw = workdir / "kent" / "raw"
+        if not (raw / "MANIFEST.json").is_file():
+            from kidresearch.synth import generate
+
+            _say(f"Generating the kent preset into {raw.parent} ...")
+            started = time.perf_counter()
+            generate("kent", out=raw.parent, progress=False)
+            _say(f"  generated in {time.perf_counter() - started:.0f} s")
+    from kidresearch.linkage import new_key_file
+
+    key = workdir / "bench.key"
+    if not key.exists():
+        new_key_file(key)
+    size_gib = sum(p.stat().st_size for p in raw.rglob("*.parquet")) / 1024**3
+    _say(f"Raw feeds: {raw} ({size_gib:.2f} GiB of Parquet)")
+
+    runs = []
+    for i in range(args.runs):
+        out = workdir / f"kid_{i}"
+        shutil.rmtree(out, ignore_errors=True)
+        stats = _run_build(raw, out, key)
+        runs.append(stats)
+        _say(
+            f"  run {i + 1}: {stats['seconds']:.1f} s, peak RSS {stats['peak_gib']:.2f} GiB "
+            f"(version {stats['version']})"
+        )
+    noop = _run_build(raw, workdir / "kid_0", key)
+    seconds = [r["seconds"] for r in runs]
+    peak = max(r["peak_gib"] for r in runs)
+    _say("")
+    _say(
+        f"kid build (kent): median {statistics.median(seconds):.1f} s over {len(runs)} runs "
+        f"(min {min(seconds):.1f}, max {max(seconds):.1f}); target <= 60 s"
+    )
+    _say(f"peak resident memory: {peak:.2f} GiB; target <= 6 GB")
+    _say(
+        f"idempotent re-run (same inputs, no-op: reused={noop['reused']}): {noop['seconds']:.1f} s"
+    )
+    total_in = sum(f["rows_in"] for f in runs[0]["feeds"])
+    _say(
+        f"rows in: {total_in:,}; throughput {total_in / statistics.median(seconds) / 1e6:.2f} M rows/s"
+    )
+    _say("")
+    _say(
+        f"{'feed':<26}{'rows_in':>12}{'linked':>12}{'quarantined':>13}{'unlinkable':>12}"
+        f"{'linkage':>9}{'corrections':>13}"
+    )
+    for f in runs[0]["feeds"]:
+        _say(
+            f"{f['feed']:<26}{f['rows_in']:>12,}{f['rows_linked']:>12,}"
+            f"{f['rows_quarantined']:>13,}{f['rows_unlinkable']:>12,}"
+            f"{f['linkage_rate']:>9.2%}{f['corrections_applied']:>13,}"
+        )
+    _say("")
+    _say(
+        "research tables: " + ", ".join(f"{k} {v:,}" for k, v in sorted(runs[0]["tables"].items()))
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
