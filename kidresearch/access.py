@@ -566,7 +566,8 @@ def check_sql(query: str, proposal: Proposal, *, views: Sequence[str] | None = N
                     f"settings or system catalogues; {what}",
                     "forbidden_function",
                 )
-    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    # DuckDB identifiers are case-insensitive: compare names in lower case.
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
     referenced: set[str] = set()
     for table in tree.find_all(exp.Table):
         if not isinstance(table.this, exp.Identifier):
@@ -576,7 +577,7 @@ def check_sql(query: str, proposal: Proposal, *, views: Sequence[str] | None = N
                 f"table functions are not allowed in kid.sql ({table.this.sql('duckdb')}); " + what,
                 "table_function",
             )
-        name = table.name
+        name = table.name.lower()
         if table.args.get("db") or table.args.get("catalog"):
             raise _refuse(
                 f"qualified table name '{table.sql('duckdb')}' is not allowed in kid.sql; " + what,
@@ -592,13 +593,13 @@ def check_sql(query: str, proposal: Proposal, *, views: Sequence[str] | None = N
             raise _refuse(message, "table_not_approved")
         referenced.add(name)
     # Names a query defines itself (column and table aliases) are not data-dictionary columns.
-    defined = {a.alias for a in tree.find_all(exp.Alias)} | {
-        a.name for a in tree.find_all(exp.TableAlias)
+    defined = {a.alias.lower() for a in tree.find_all(exp.Alias)} | {
+        a.name.lower() for a in tree.find_all(exp.TableAlias)
     }
     for alias in tree.find_all(exp.TableAlias):
-        defined |= {c.name for c in alias.args.get("columns") or []}
+        defined |= {c.name.lower() for c in alias.args.get("columns") or []}
     for column in tree.find_all(exp.Column):
-        name = column.name
+        name = column.name.lower()
         if name in defined:
             continue
         for table_name in sorted(referenced):
@@ -862,7 +863,10 @@ class KID:
             try:
                 sql = ibis.to_sql(expr, dialect="duckdb")
                 tables = sorted(
-                    {t.name for t in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Table)}
+                    {
+                        t.name.lower()
+                        for t in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Table)
+                    }
                     & set(self.tables())
                 )
             except Exception:  # a fingerprint must never block a result
@@ -1066,7 +1070,7 @@ class KID:
             tree = check_sql(query, self.proposal, views=self.tables())
         except AccessRefused as err:
             raise self._refused(err, fingerprint=fingerprint(query)) from None
-        tables = sorted({t.name for t in tree.find_all(exp.Table)} & set(self.tables()))
+        tables = sorted({t.name.lower() for t in tree.find_all(exp.Table)} & set(self.tables()))
         self._log("sql", {"fingerprint": fingerprint(tree), "tables": tables})
         return self._con.sql(tree.sql(dialect="duckdb"), dialect="duckdb")
 

@@ -500,6 +500,10 @@ def test_unapproved_column_is_refused(kid: KID) -> None:
         AccessRefused, match="column 'lsoa_code' of table 'persons' is not approved"
     ):
         kid.sql("SELECT lsoa_code, count(*) FROM persons GROUP BY 1")
+    with pytest.raises(AccessRefused, match="column 'lsoa_code' of table 'persons'"):
+        kid.sql('SELECT P."LSOA_CODE" FROM Persons AS P')
+    # Identifiers are case-insensitive in DuckDB, so upper-case names of approved tables work.
+    assert len(kid.sql("SELECT SEX FROM PERSONS").to_pandas()) == len(expected_population())
 
 
 BAD_QUERIES = {
