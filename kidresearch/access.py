@@ -641,6 +641,8 @@ def fingerprint(sql: str | exp.Expression) -> str:
 def spark_session() -> SparkSession:
     """The shared local SparkSession: ``local[2]``, 4 shuffle partitions, no UI, quiet logs.
 
+    The driver gets ``$KID_SPARK_DRIVER_MEMORY`` (default ``3g``) when the JVM starts here.
+
     In production, configure the cluster's session before calling :func:`connect` and pass it
     as ``spark=``; this helper is for a laptop or CI.
     """
@@ -649,6 +651,7 @@ def spark_session() -> SparkSession:
     spark = (
         SparkSession.builder.master("local[2]")
         .appName("kidresearch")
+        .config("spark.driver.memory", os.environ.get("KID_SPARK_DRIVER_MEMORY", "3g"))
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.default.parallelism", "2")
         .config("spark.ui.enabled", "false")
