@@ -412,3 +412,41 @@ def test_run_all_returns_8_when_a_proposal_fails_and_builds_the_register(tmp_pat
     assert code == 8
     register = json.loads((tmp_path / "reports" / "register.json").read_text())
     assert [p["id"] for p in register["proposals"]] == ["a-1", "b-1"]
+
+
+# ------------------------------------------------------------------------------- on the demo KID
+@pytest.mark.slow
+def test_data_overview_notebook_runs_on_the_demo_kid(demo_kid, tmp_path):
+    """The real first notebook, under a real example proposal, on the built demo KID."""
+    from kidresearch import connect
+
+    root = Path(__file__).resolve().parents[1]
+    proposal = root / "proposals" / "efi-frailty-65plus.yaml"
+    result = reports.run(
+        proposal, notebooks=["01_data_overview"], data=demo_kid, out=tmp_path, progress=False
+    )
+    assert result.ok, result.summary().to_string()
+    kid_manifest = json.loads(
+        (demo_kid / "versions" / result.manifest["kid"]["version"] / "manifest.json").read_text()
+    )
+    assert result.manifest["kid"]["input_hashes"] == {
+        i["file"]: i["sha256"] for i in kid_manifest["inputs"]
+    }
+    released = result.run_dir / "released" / "01_data_overview"
+    assert main(["outputs", "check", str(released)]) == 0
+    table = pd.read_csv(released / "people_by_age_band_sex.csv")
+    with connect(proposal, demo_kid) as kid:
+        people = int(kid.table("persons").count().to_pandas())
+    total = table.loc[(table["age_band"] == "Total") & (table["sex"] == "Total"), "value"].item()
+    # The policy rounds counts to the nearest 5 (proposal output_policy: rounding 5) and
+    # recomputes totals from the rounded cells, so the total is within 2.5 per cell of the truth.
+    interior = table[(table["age_band"] != "Total") & (table["sex"] != "Total")]["value"]
+    assert interior.notna().all()
+    assert total == interior.sum()
+    assert abs(total - people) <= 2.5 * len(interior)
+    assert set(table.loc[table["age_band"] != "Total", "age_band"]) <= {
+        "65-69",
+        "70-79",
+        "80-89",
+        "90+",
+    }
