@@ -1,0 +1,106 @@
+"""Benchmark: `kid demo` end to end (synthetic KID -> build -> report batch).
+
+Runs ``kid demo`` in a subprocess into a fresh folder, timestamps each phase from the lines the
+demo prints, and prints the median wall time over ``--repeat`` runs, the phase times of the
+median run, the peak resident memory of the largest child process (``getrusage``), and the
+report batch's per-notebook status from the run manifests. Target (issue 9): under 5 minutes for
+the ``demo`` preset on the 2-core machine. Figures are noisy on a shared machine: say so when
+quoting them.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_demo.py                 # demo preset, one run
+    .venv/bin/python benchmarks/bench_demo.py --repeat 3
+    .venv/bin/python benchmarks/bench_demo.py --preset kent   # the full-scale batch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KID = Path(sys.executable).with_name("kid")
+TARGET_SECONDS = {"demo": 300}
+
+
+def one_run(preset: str, seed: int, out: Path) -> dict:
+    """Run `kid demo` once; return wall time, phase times, exit code and the manifests' rows."""
+    started = time.perf_counter()
+    marks: list[tuple[str, float]] = []
+    proc = subprocess.Popen(
+        [str(KID), "demo", "--out", str(out), "--preset", preset, "--seed", str(seed), "-q"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("[") and "]" in line[:4]:
+            marks.append((line.strip(), time.perf_counter() - started))
+    code = proc.wait()
+    wall = time.perf_counter() - started
+    phases = {}
+    for (label, t0), (_, t1) in zip(marks, [*marks[1:], ("end", wall)], strict=True):
+        phases[label.split(" ...")[0]] = t1 - t0
+    notebooks = []
+    for manifest in sorted((out / "reports").glob("*/*/manifest.json")):
+        m = json.loads(manifest.read_text())
+        for nb in m["notebooks"]:
+            notebooks.append(
+                (m["proposal"]["id"], nb["notebook"], nb["status"], nb["seconds"], nb["error"])
+            )
+    return {"wall": wall, "phases": phases, "code": code, "notebooks": notebooks}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--seed", type=int, default=20261126)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--keep", type=Path, default=None, help="keep the last run's output here")
+    args = parser.parse_args()
+
+    runs = []
+    for i in range(args.repeat):
+        with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
+            out = Path(tmp) / "demo_data"
+            result = one_run(args.preset, args.seed, out)
+            runs.append(result)
+            print(f"run {i + 1}/{args.repeat}: {result['wall']:.1f} s (exit code {result['code']})")
+            if args.keep is not None and i == args.repeat - 1:
+                shutil.rmtree(args.keep, ignore_errors=True)
+                shutil.copytree(out, args.keep)
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    walls = [r["wall"] for r in runs]
+    median = statistics.median(walls)
+    median_run = min(runs, key=lambda r: abs(r["wall"] - median))
+
+    print(f"\nkid demo --preset {args.preset}: {args.repeat} run(s) on {os.cpu_count()} CPU(s)")
+    print(f"  median wall time   {median:8.1f} s   (min {min(walls):.1f}, max {max(walls):.1f})")
+    target = TARGET_SECONDS.get(args.preset)
+    if target:
+        print(f"  target             {target:8.1f} s   ratio {median / target:.2f}")
+    print(f"  peak RSS (largest child process) {peak_mib:,.0f} MiB")
+    print("  phases of the median run:")
+    for label, seconds in median_run["phases"].items():
+        print(f"    {label:<60} {seconds:8.1f} s")
+    print("  report batch:")
+    for proposal, notebook, status, seconds, error in median_run["notebooks"]:
+        note = f"  {error[:70]}" if error else ""
+        print(f"    {proposal:<24} {notebook:<28} {status:<6} {seconds:6.1f} s{note}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
