@@ -65,6 +65,9 @@ _PARQUET_OPTIONS: dict[str, Any] = {
     "compression_level": 1,
     "use_dictionary": True,
     "write_statistics": True,
+    # Categorical columns are written from Arrow dictionary arrays; without the stored Arrow
+    # schema, readers get plain strings, i.e. exactly schema.RAW_FEEDS[feed].arrow_schema().
+    "store_schema": False,
 }
 
 
@@ -74,7 +77,8 @@ def _writer_options(schema: pa.Schema) -> dict[str, Any]:
     low = [
         f.name
         for f in schema
-        if pa.types.is_string(f.type) and f.name not in ("record_id", "nhs_number")
+        if (pa.types.is_string(f.type) or pa.types.is_dictionary(f.type))
+        and f.name not in ("record_id", "nhs_number")
     ]
     return _PARQUET_OPTIONS | {"use_dictionary": low}
 
@@ -257,7 +261,9 @@ def generate(
         workers = min(2, os.cpu_count() or 1, n_chunks)
 
     writers: dict[tuple[str, int], pq.ParquetWriter] = {}
-    schemas = {f: RAW_FEEDS[f].arrow_schema() for f in FEEDS}
+    # Write schemas: the data dictionary's, with categorical columns as dictionary arrays (taken
+    # from the first chunk; every chunk builds the same types).
+    schemas: dict[str, pa.Schema] = {f: RAW_FEEDS[f].arrow_schema() for f in FEEDS}
     for f in FEEDS:
         (raw / f).mkdir()
 
@@ -281,6 +287,7 @@ def generate(
     try:
         for finished, truth in _chunks_in_order(scn, n_chunks, workers):
             for feed, ff in finished.items():
+                schemas[feed] = ff.table.schema
                 bounds = np.searchsorted(ff.month, np.arange(cal.n_months + 1))
                 for m in range(cal.n_months):
                     lo, hi = int(bounds[m]), int(bounds[m + 1])

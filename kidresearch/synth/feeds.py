@@ -1118,9 +1118,12 @@ def _to_arrow(name: str, values: np.ndarray, dtype: pa.DataType) -> pa.Array:
         null = v <= NULL_DAY // 2
         return pa.array(np.where(null, 0, v).astype(np.int32), type=pa.date32(), mask=null)
     if isinstance(values, Cat):
+        # Kept dictionary-encoded: the Parquet writer stores it as a dictionary-encoded string
+        # column without materialising the strings (files are written without the Arrow schema,
+        # so readers see plain strings, exactly the data dictionary's schema).
         return pa.DictionaryArray.from_arrays(
             pa.array(values.codes.astype(np.int32)), pa.array(values.labels.astype(str))
-        ).cast(pa.string())
+        )
     if pa.types.is_string(dtype):
         return pa.array(np.asarray(values).astype(str), type=pa.string())
     if pa.types.is_int64(dtype) and name == "uprn":
@@ -1276,13 +1279,14 @@ def finish_feed(
         elif f.name == "extract_month":
             labels = pa.array([cal.month_label(i) for i in range(cal.n_months)])
             arrays.append(
-                pa.DictionaryArray.from_arrays(
-                    pa.array(month[order].astype(np.int32)), labels
-                ).cast(pa.string())
+                pa.DictionaryArray.from_arrays(pa.array(month[order].astype(np.int32)), labels)
             )
         else:
             arrays.append(_to_arrow(f.name, cols[f.name][order], f.type))
-    table = pa.Table.from_arrays(arrays, schema=schema)
+    write_schema = pa.schema(
+        [pa.field(f.name, a.type, nullable=f.nullable) for f, a in zip(schema, arrays, strict=True)]
+    )
+    table = pa.Table.from_arrays(arrays, schema=write_schema)
     return FinishedFeed(table, month[order], stats)
 
 

@@ -315,12 +315,12 @@ class People:
     def deficit_count_at(self, day: np.ndarray | int) -> np.ndarray:
         day = np.asarray(day)
         d = day[:, None] if day.ndim else day
-        return (self.deficit_onset <= d).sum(axis=1)
+        return (self.deficit_onset <= np.asarray(d, dtype=np.float32)).sum(axis=1)
 
     def drug_count_at(self, day: np.ndarray | int) -> np.ndarray:
         day = np.asarray(day)
         d = day[:, None] if day.ndim else day
-        return (self.drug_start <= d).sum(axis=1)
+        return (self.drug_start <= np.asarray(d, dtype=np.float32)).sum(axis=1)
 
     def efi_at(self, day: np.ndarray | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(eFI count incl. polypharmacy, category 0-3, polypharmacy bool) at a day."""
@@ -355,10 +355,12 @@ def deficit_onsets(
         - slope[None, :] * (dob_years[:, None] + 80.0)
         - trend * (mor.reference_year - EPOCH_YEAR)
     )
-    u = rng.random((n, len(p80)))
-    onset_years = (logit(np.clip(u, 1e-12, 1 - 1e-12)) - base) / (slope[None, :] + trend)
-    onset = onset_years * DAYS_PER_YEAR
-    earliest = dob[:, None] + MIN_ONSET_AGE_YEARS * DAYS_PER_YEAR
+    # float32 halves memory traffic; onset days (< 2**24) stay exact integers after floor.
+    u = np.clip(rng.random((n, len(p80)), dtype=np.float32), 1e-7, 1 - 1e-7)
+    lu = np.log(u) - np.log1p(-u)
+    onset_years = (lu - base.astype(np.float32)) / (slope[None, :] + trend).astype(np.float32)
+    onset = onset_years * np.float32(DAYS_PER_YEAR)
+    earliest = (dob[:, None] + MIN_ONSET_AGE_YEARS * DAYS_PER_YEAR).astype(np.float32)
     return np.floor(np.maximum(onset, earliest))
 
 
@@ -447,8 +449,8 @@ def simulate_people(
     onset = deficit_onsets(scn, rng, dob, dep, z, [(d[0], d[1], d[2]) for d in DEFICITS])
     # Drugs: deficit-associated (with probability q_d, from the onset) and background.
     q = np.array([d[3] for d in DEFICITS])
-    takes = rng.random(onset.shape) < q[None, :]
-    assoc = np.where(takes, onset, np.inf)
+    takes = rng.random(onset.shape, dtype=np.float32) < q[None, :]
+    assoc = np.where(takes, onset, np.float32(np.inf))
     background = deficit_onsets(scn, rng, dob, dep, z * 0.5, BACKGROUND_DRUGS)
     drug_start = np.concatenate([assoc, background], axis=1)
 
@@ -508,7 +510,8 @@ def simulate_deaths(scn: Scenario, cal: Calendar, rng: np.random.Generator, p: P
 
 
 def _efi_subset(p: People, idx: np.ndarray, day: np.ndarray):
-    poly = (p.drug_start[idx] <= day[:, None]).sum(axis=1) >= 5
-    count = (p.deficit_onset[idx] <= day[:, None]).sum(axis=1) + poly
+    d = day[:, None].astype(np.float32)
+    poly = (p.drug_start[idx] <= d).sum(axis=1) >= 5
+    count = (p.deficit_onset[idx] <= d).sum(axis=1) + poly
     category = np.searchsorted(np.array([4, 8, 12]), count, side="left").astype(np.int8)
     return count, category, poly
