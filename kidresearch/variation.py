@@ -103,6 +103,10 @@ def acsc_filter(diagnosis: ir.StringValue, codes: pd.DataFrame | None = None) ->
 def _truth_practices(truth: Mapping[str, Any] | Iterable[str]) -> set[str]:
     """Practice codes set to excess ACSC admissions in a truth file (or a plain list)."""
     if isinstance(truth, Mapping):
+        # kidresearch.synth's truth.json: {"acsc": {"practices": [...], ...}}.
+        acsc = truth.get("acsc")
+        if isinstance(acsc, Mapping) and "practices" in acsc:
+            return {str(v) for v in acsc["practices"]}
         for key, value in truth.items():
             if "acsc" in str(key).lower() and "practice" in str(key).lower():
                 if isinstance(value, Mapping):
@@ -116,7 +120,8 @@ def _truth_practices(truth: Mapping[str, Any] | Iterable[str]) -> set[str]:
                 except VariationError:
                     continue
         raise VariationError(
-            "truth has no excess-ACSC practice list (a key naming 'acsc' and 'practice'); "
+            "truth has no excess-ACSC practice list ('acsc' -> 'practices', or a key naming "
+            "'acsc' and 'practice'); "
             f"its keys are {', '.join(map(str, truth))}."
         )
     return {str(v) for v in truth}
