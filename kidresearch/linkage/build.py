@@ -284,7 +284,7 @@ def _read_csv(extract: _Extract, table: schema.Table) -> pa.Table:
         raise FeedError(
             f"{extract.path}: not a well-formed CSV extract (truncated or corrupt?): {exc}"
         ) from exc
-    return data.append_column("_file", pa.array([str(extract.path)] * data.num_rows, pa.string()))
+    return data.append_column("_path", pa.array([str(extract.path)] * data.num_rows, pa.string()))
 
 
 # ------------------------------------------------------------------------------------- build
@@ -313,8 +313,11 @@ class _Builder:
 
     # ---------------------------------------------------------------- reading
     def _register_files(self) -> None:
-        rows = [(str(e.path), e.relative, e.month, _month_end(e.month)) for e in self.extracts]
-        frame = pd.DataFrame(rows, columns=["_file", "_relative", "_month", "_month_end"])
+        rows = [
+            (i, str(e.path), e.relative, e.month, _month_end(e.month))
+            for i, e in enumerate(self.extracts)
+        ]
+        frame = pd.DataFrame(rows, columns=["_file", "_path", "_relative", "_month", "_month_end"])
         self.con.register("files_df", frame)
         self.con.execute("CREATE TABLE files AS SELECT * FROM files_df")
         self.con.unregister("files_df")
@@ -356,7 +359,7 @@ class _Builder:
             cols = ", ".join(quote(c) for c in table.column_names)
             files = "[" + ", ".join(literal(p) for p in parquet) + "]"
             parts.append(
-                f"SELECT {cols}, filename AS _file, file_row_number + 1 AS _row "
+                f"SELECT {cols}, filename AS _path, file_row_number + 1 AS _row "
                 f"FROM read_parquet({files}, filename = true, file_row_number = true, "
                 "union_by_name = true)"
             )
@@ -371,7 +374,7 @@ class _Builder:
             name = f"csv_{feed}"
             self.con.register(name, pa.concat_tables(tables))
             cols = ", ".join(quote(c) for c in table.column_names)
-            parts.append(f"SELECT {cols}, _file, _row FROM {name}")
+            parts.append(f"SELECT {cols}, _path, _row FROM {name}")
         sql = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
         types = dict(
             self.con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {sql})").fetchall()
@@ -393,7 +396,11 @@ class _Builder:
 
     # -------------------------------------------------------------- staging
     def stage_feed(self, feed: str) -> None:
-        """Validate (and for linked feeds, link) every row; write them to the work folder."""
+        """Validate (and for linked feeds, link) every row into the table ``stage_<feed>``.
+
+        DuckDB keeps the table in memory and spills to the work folder beyond its memory
+        limit; one feed is staged at a time (plus the register), so memory stays bounded.
+        """
         table = schema.RAW_FEEDS[feed]
         relation, types = self._raw_relation(feed)
         linked = feed != "registrations"
@@ -415,28 +422,29 @@ class _Builder:
         )
         out_cols = self._stage_columns(feed)
         sql = f"""
-        COPY (
+        CREATE TABLE stage_{feed} AS (
           WITH raw AS ({relation}),
           typed AS (
-            SELECT r.*, f._month, f._month_end, {nhs} AS _nhs,
+            SELECT r.* EXCLUDE (_path), f._file, f._month, f._month_end, {nhs} AS _nhs,
             {typed}
-            FROM raw r JOIN files f ON f._file = r._file
+            FROM raw r JOIN files f ON f._path = r._path
           ),
           linked AS (SELECT t.*, {person} FROM typed t {join}),
           checked AS (SELECT *, {problem_case(checks)} AS _problem FROM linked)
           SELECT _file, _row, _month, t_record_id AS record_id, {out_cols},
                  _problem, {value_case(checks)} AS _value
           FROM checked
-        ) TO {literal(str(self.stage / f"{feed}.parquet"))} (FORMAT parquet)
+        )
         """
         try:
             self.con.execute(sql)
         except duckdb.Error as exc:
             raise self._failing_file(feed, exc) from exc
-        self.con.execute(
-            f"CREATE VIEW stage_{feed} AS SELECT * FROM "
-            f"read_parquet({literal(str(self.stage / f'{feed}.parquet'))})"
-        )
+
+    def drop_stage(self, feed: str) -> None:
+        """Free a feed's staged rows once its table, quarantine and costs are written."""
+        self.con.execute(f"DROP TABLE IF EXISTS stage_{feed}")
+        self.con.execute(f"DROP TABLE IF EXISTS drop_{feed}")
 
     def _stage_columns(self, feed: str) -> str:
         if feed == "registrations":
@@ -574,7 +582,7 @@ class _Builder:
                      count(*) FILTER (WHERE field = 'nhs_number') AS rows_unlinkable
               FROM quarantine_{feed} GROUP BY source_file
             )
-            SELECT f._file, f._relative, f._month,
+            SELECT f._file, f._path, f._relative, f._month,
                    coalesce(s.rows_staged, 0) AS rows_staged,
                    coalesce(s.rows_valid, 0) - coalesce(d.rows_dup, 0) AS rows_linked,
                    coalesce(q.rows_quarantined, 0) AS rows_quarantined,
@@ -587,19 +595,19 @@ class _Builder:
             """
         ).df()
         expected = {str(e.path): e.rows for e in self.extracts if e.feed == feed}
-        counts["rows_in"] = counts["_file"].map(expected).astype("int64")
+        counts["rows_in"] = counts["_path"].map(expected).astype("int64")
         lost = counts[counts["rows_staged"] != counts["rows_in"]]
         if len(lost):
             first = lost.iloc[0]
             raise BuildError(
-                f"{first['_file']}: {first['rows_in']} rows in the file but "
+                f"{first['_path']}: {first['rows_in']} rows in the file but "
                 f"{first['rows_staged']} were read."
             )
         broken = counts[counts["rows_in"] != counts["rows_linked"] + counts["rows_quarantined"]]
         if len(broken):
             first = broken.iloc[0]
             raise BuildError(
-                f"{first['_file']}: rows in ({first['rows_in']}) != rows linked "
+                f"{first['_path']}: rows in ({first['rows_in']}) != rows linked "
                 f"({first['rows_linked']}) + rows quarantined ({first['rows_quarantined']})."
             )
         self.counts[feed] = counts
@@ -700,13 +708,21 @@ class _Builder:
             self._cast_select(table, f"ref_{name}", year=None), tables / name, partition=False
         )
 
+    def write_costs_part(self, feed: str) -> None:
+        """The costed activity of one feed, into the work folder (combined by write_costs)."""
+        selects = costs_module.costs_selects(feed, self.final_rows(feed), _month_end(self.version))
+        if not selects:
+            return
+        body = " UNION ALL ".join(f"({q})" for q in selects)
+        part = self.stage / f"costs_{feed}.parquet"
+        self.con.execute(f"COPY ({body}) TO {literal(str(part))} (FORMAT parquet)")
+
     def write_costs(self, tables: Path) -> None:
         table = schema.RESEARCH_TABLES["costs"]
-        costs_module.register_reference(self.con)
-        sources = {feed: self.final_rows(feed) for feed in EVENT_TABLES}
-        source = costs_module.costs_sql(sources, _month_end(self.version))
+        parts = sorted(self.stage.glob("costs_*.parquet"))
+        files = "[" + ", ".join(literal(str(p)) for p in parts) + "]"
         self._copy(
-            self._cast_select(table, f"({source})", year=table.date_column),
+            self._cast_select(table, f"read_parquet({files})", year=table.date_column),
             tables / "costs",
             partition=True,
         )
@@ -865,7 +881,7 @@ def build(
     task = None
     if bar is not None:
         bar.start()
-        task = bar.add_task("Checking extracts", total=len(schema.RAW_FEEDS) * 3 + 6)
+        task = bar.add_task("Checking extracts", total=len(schema.RAW_FEEDS) + 5)
 
     def step(text: str) -> None:
         log.info(text)
@@ -935,33 +951,36 @@ def _build_new(
         builder._register_files()
         builder._reference("practices")
         builder._reference("lsoas")
+        costs_module.register_reference(builder.con)
+        tables = temp_version / "tables"
         step("Validating the population register")
         builder.stage_feed("registrations")
         builder.build_register()
+        # One feed at a time: stage, corrections, quarantine, reconcile, publish, free.
         for feed in schema.RAW_FEEDS:
+            step(f"Validating and linking {feed}")
             if feed != "registrations":
-                step(f"Validating and linking {feed}")
                 builder.stage_feed(feed)
-        for feed in schema.RAW_FEEDS:
-            step(f"Corrections and quarantine: {feed}")
             builder.resolve_duplicates(feed)
             builder.write_quarantine(feed, temp_quarantine)
             builder.reconcile(feed)
-        tables = temp_version / "tables"
+            if feed in EVENT_TABLES:
+                builder.write_event_table(feed, tables)
+                builder.write_costs_part(feed)
+                builder.drop_stage(feed)
         step("Writing persons")
         builder.write_persons(tables)
+        builder.drop_stage("registrations")
+        builder.drop_stage("deaths")
         builder.write_reference("practices", tables)
         builder.write_reference("lsoas", tables)
-        for feed in EVENT_TABLES:
-            step(f"Writing {feed}")
-            builder.write_event_table(feed, tables)
         step("Writing costs")
         builder.write_costs(tables)
         # Extracts' rows are known now for CSV too.
         rows_in = {
             path: int(n)
             for counts in builder.counts.values()
-            for path, n in zip(counts["_file"], counts["rows_in"], strict=True)
+            for path, n in zip(counts["_path"], counts["rows_in"], strict=True)
         }
         inputs = [
             {"file": e.relative, "sha256": e.sha256, "rows": rows_in[str(e.path)]} for e in extracts

@@ -95,83 +95,95 @@ def _in(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
-def costs_sql(sources: dict[str, str], version_end: date) -> str:
-    """SQL of the costs table (person_id, activity_date, service_line, cost_gbp).
-
-    ``sources`` maps feed name to a SQL relation of its published rows (research columns);
-    the tables ``unit_costs`` and ``gp_consultation_codes`` must be registered
-    (:func:`register_reference`).
-    """
-
-    def price(line: str, activity: str) -> str:
-        return (
-            f"(SELECT unit_cost_gbp FROM unit_costs WHERE service_line = '{line}' "
-            f"AND activity = '{activity}')"
-        )
-
-    end = f"DATE '{version_end.isoformat()}'"
-    trim = EXCESS_BED_DAY_TRIM_DAYS
-    ip, ae, op = (
-        sources["inpatient_spells"],
-        sources["ae_attendances"],
-        sources["outpatient_appointments"],
+def _price(line: str, activity: str) -> str:
+    return (
+        f"(SELECT unit_cost_gbp FROM unit_costs WHERE service_line = '{line}' "
+        f"AND activity = '{activity}')"
     )
-    monthly = """
-      SELECT person_id, CAST(m AS DATE) AS activity_date, {line} AS service_line,
+
+
+_COLUMNS = "person_id, activity_date, service_line, cost_gbp"
+
+
+def _monthly(source: str, line: str, rate: str, per_day: str, end: str) -> str:
+    """Split [start_date, end_date or the version's end] into calendar months, cost each."""
+    return f"""
+      SELECT person_id, CAST(m AS DATE) AS activity_date, '{line}' AS service_line,
         {rate} * (date_diff('day', greatest(start_date, CAST(m AS DATE)),
-                  least(coalesce(end_date, {end}), CAST(last_day(m) AS DATE))) + 1){per}
+                  least(coalesce(end_date, {end}), CAST(last_day(m) AS DATE))) + 1){per_day}
           AS cost_gbp
       FROM (
         SELECT *, unnest(generate_series(date_trunc('month', start_date),
                   date_trunc('month', least(coalesce(end_date, {end}), {end})),
                   INTERVAL 1 MONTH)) AS m
-        FROM {src} WHERE start_date <= {end}
+        FROM {source} WHERE start_date <= {end}
       )
     """
-    parts = [
-        f"""SELECT person_id, admission_date, 'acute_emergency', {price("acute_emergency", "spell")}
-            FROM {ip} WHERE admission_method IN ({_in(ADMISSION_METHODS_EMERGENCY)})""",
-        f"""SELECT person_id, admission_date, 'acute_emergency',
-              (los_days - {trim}) * {price("acute_emergency", "excess_bed_day")}
-            FROM {ip} WHERE admission_method IN ({_in(ADMISSION_METHODS_EMERGENCY)})
-              AND los_days > {trim}""",
-        f"""SELECT person_id, admission_date, 'acute_elective', {price("acute_elective", "spell")}
-            FROM {ip} WHERE admission_method IN ({_in(ADMISSION_METHODS_ELECTIVE)})""",
-        f"SELECT person_id, arrival_date, 'ae', {price('ae', 'attendance')} FROM {ae}",
-        f"""SELECT person_id, appointment_date, 'outpatient',
-              {price("outpatient", "attended_appointment")}
-            FROM {op} WHERE attendance_status IN ('5', '6')""",
-        f"""SELECT person_id, event_date, 'gp', {price("gp", "consultation")}
-            FROM {sources["gp_events"]}
-            WHERE snomed_code IN (SELECT snomed_code FROM gp_consultation_codes)""",
-        f"SELECT person_id, issue_date, 'prescribing', cost_gbp FROM {sources['prescriptions']}",
-        f"""SELECT s.person_id, s.contact_date, 'community', u.unit_cost_gbp
-            FROM {sources["community_contacts"]} s JOIN unit_costs u
-              ON u.service_line = 'community' AND u.activity = s.service""",
-        f"""SELECT s.person_id, s.contact_date, 'mental_health', u.unit_cost_gbp
-            FROM {sources["mental_health_contacts"]} s JOIN unit_costs u
-              ON u.service_line = 'mental_health' AND u.activity = s.team_type""",
-        f"""SELECT s.person_id, s.contact_date, 'out_of_hours', u.unit_cost_gbp
-            FROM {sources["out_of_hours_contacts"]} s JOIN unit_costs u
-              ON u.service_line = 'out_of_hours' AND u.activity = s.contact_type""",
-        monthly.format(
-            line="'social_care'",
-            rate="weekly_cost_gbp",
-            per=" / 7.0",
-            end=end,
-            src=sources["social_care_packages"],
-        ),
-        monthly.format(
-            line="'hospice'",
-            rate="unit_cost_gbp",
-            per="",
-            end=end,
-            src=f"""(SELECT h.*, u.unit_cost_gbp FROM {sources["hospice_episodes"]} h
-                     JOIN unit_costs u ON u.service_line = 'hospice' AND u.activity = h.setting)""",
-        ),
-    ]
-    body = "\nUNION ALL\n".join(f"({p})" for p in parts)
-    return (
-        "SELECT column0 AS person_id, column1 AS activity_date, column2 AS service_line, "
-        f"column3 AS cost_gbp FROM ({body}) AS t(column0, column1, column2, column3)"
-    )
+
+
+def costs_selects(feed: str, source: str, version_end: date) -> list[str]:
+    """SQL SELECTs (person_id, activity_date, service_line, cost_gbp) costing one feed.
+
+    ``source`` is a SQL relation of the feed's published rows (research columns); the tables
+    ``unit_costs`` and ``gp_consultation_codes`` must be registered
+    (:func:`register_reference`). Feeds without a cost (programme enrolments) give ``[]``.
+
+    Examples
+    --------
+    >>> costs_selects("programme_enrolments", "t", date(2026, 10, 31))
+    []
+    >>> len(costs_selects("inpatient_spells", "t", date(2026, 10, 31)))
+    3
+    """
+    end = f"DATE '{version_end.isoformat()}'"
+    trim = EXCESS_BED_DAY_TRIM_DAYS
+    emergency, elective = _in(ADMISSION_METHODS_EMERGENCY), _in(ADMISSION_METHODS_ELECTIVE)
+
+    def by_type(line: str, column: str, date_column: str) -> str:
+        return f"""SELECT s.person_id, s.{date_column} AS activity_date, '{line}' AS service_line,
+                   u.unit_cost_gbp AS cost_gbp
+            FROM {source} s JOIN unit_costs u
+              ON u.service_line = '{line}' AND u.activity = s.{column}"""
+
+    selects = {
+        "inpatient_spells": [
+            f"""SELECT person_id, admission_date, 'acute_emergency',
+                  {_price("acute_emergency", "spell")}
+                FROM {source} WHERE admission_method IN ({emergency})""",
+            f"""SELECT person_id, admission_date, 'acute_emergency',
+                  (los_days - {trim}) * {_price("acute_emergency", "excess_bed_day")}
+                FROM {source} WHERE admission_method IN ({emergency}) AND los_days > {trim}""",
+            f"""SELECT person_id, admission_date, 'acute_elective',
+                  {_price("acute_elective", "spell")}
+                FROM {source} WHERE admission_method IN ({elective})""",
+        ],
+        "ae_attendances": [
+            f"SELECT person_id, arrival_date, 'ae', {_price('ae', 'attendance')} FROM {source}"
+        ],
+        "outpatient_appointments": [
+            f"""SELECT person_id, appointment_date, 'outpatient',
+                  {_price("outpatient", "attended_appointment")}
+                FROM {source} WHERE attendance_status IN ('5', '6')"""
+        ],
+        "gp_events": [
+            f"""SELECT person_id, event_date, 'gp', {_price("gp", "consultation")}
+                FROM {source}
+                WHERE snomed_code IN (SELECT snomed_code FROM gp_consultation_codes)"""
+        ],
+        "prescriptions": [f"SELECT person_id, issue_date, 'prescribing', cost_gbp FROM {source}"],
+        "community_contacts": [by_type("community", "service", "contact_date")],
+        "mental_health_contacts": [by_type("mental_health", "team_type", "contact_date")],
+        "out_of_hours_contacts": [by_type("out_of_hours", "contact_type", "contact_date")],
+        "social_care_packages": [_monthly(source, "social_care", "weekly_cost_gbp", " / 7.0", end)],
+        "hospice_episodes": [
+            _monthly(
+                f"""(SELECT h.*, u.unit_cost_gbp FROM {source} h JOIN unit_costs u
+                     ON u.service_line = 'hospice' AND u.activity = h.setting)""",
+                "hospice",
+                "unit_cost_gbp",
+                "",
+                end,
+            )
+        ],
+    }.get(feed, [])
+    return [f"SELECT * FROM ({q}) AS t({_COLUMNS})" for q in selects]
