@@ -933,11 +933,21 @@ class KID:
         """
         if population is None:
             return None
-        keyed = population.mutate(
-            _rid=population.person_id,
-            person_id=rekey(population.person_id, self._key),
-            household_id=rekey(population.household_id, self._key),
+        approved = (
+            self.proposal.approved_columns("persons") if "persons" in self.proposal.tables else []
         )
+        # Only what the session can show is kept (and hashed: each re-keyed column of 2 million
+        # people costs seconds of CPU).
+        columns: dict[str, ibis.Value] = {
+            "_rid": population.person_id,
+            "person_id": rekey(population.person_id, self._key),
+        }
+        for name in approved:
+            if name == "household_id":
+                columns[name] = rekey(population.household_id, self._key)
+            elif name != "person_id":
+                columns[name] = population[name]
+        keyed = population.select(**columns)
         if self.backend == "duckdb":
             sql = ibis.to_sql(keyed, dialect="duckdb")
             raw = self._con.con

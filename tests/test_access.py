@@ -594,6 +594,7 @@ def spark_kid(kid_dir: Path, proposal: Proposal) -> Any:
 
 
 @pytest.mark.spark
+@pytest.mark.xdist_group("spark")
 def test_spark_and_duckdb_give_identical_emergency_admissions_by_practice_month(
     kid: KID, spark_kid: KID
 ) -> None:
@@ -604,6 +605,7 @@ def test_spark_and_duckdb_give_identical_emergency_admissions_by_practice_month(
 
 
 @pytest.mark.spark
+@pytest.mark.xdist_group("spark")
 def test_spark_and_duckdb_give_identical_efi_first_dates_and_pseudonyms(
     kid: KID, spark_kid: KID
 ) -> None:
@@ -613,6 +615,7 @@ def test_spark_and_duckdb_give_identical_efi_first_dates_and_pseudonyms(
 
 
 @pytest.mark.spark
+@pytest.mark.xdist_group("spark")
 def test_spark_sql_and_refusals(spark_kid: KID) -> None:
     before = len(AuditLog(spark_kid.data).read())
     got = spark_kid.sql("SELECT count(*) AS n FROM persons").to_pandas()
