@@ -326,10 +326,11 @@ def _fmt(x: float) -> str:
 
 def _primary(
     kind: str, q: float | None, stats: _Stats, policy: DisclosurePolicy
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per cell: rule that fired ('' if none), reason text, and whether the cell needs review."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per cell: first rule that fired ('' if none), its reason, all rules fired, review flag."""
     n_cells = len(stats.n)
     rule = np.full(n_cells, "", dtype=object)
+    fired: dict[str, np.ndarray] = {}
     reason = np.full(n_cells, "", dtype=object)
     review = np.zeros(n_cells, dtype=bool)
     n = stats.n
@@ -341,6 +342,7 @@ def _primary(
         ``texts`` is a string, or a function from cell positions to reason strings (so reasons
         are only formatted for the cells that need one).
         """
+        fired[name] = mask.copy()
         m = np.flatnonzero(mask & (rule == ""))
         if len(m) == 0:
             return
@@ -372,16 +374,14 @@ def _primary(
         nk = np.nansum(stats.top[:, : policy.dominance_n], axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             share = np.where(stats.total != 0, nk / stats.total, np.nan)
-        # ACRO: a zero total gives 0/0, which its mask treats as failing; so do we (every
-        # contribution is then 0, which is itself revealed).
-        dom = (n > 0) & ~negative & (~np.isfinite(share) | (share >= policy.dominance_k))
+        # As ACRO: a zero total gives 0/0, which fails no (n, k) test; the p% rule below
+        # catches it (every contribution is then 0, which is itself revealed).
+        dom = (n > 0) & ~negative & np.isfinite(share) & (share >= policy.dominance_k)
         fire(
             dom,
             "dominance",
             lambda m: [
-                "all contributions are zero, so each one is revealed"
-                if not np.isfinite(s)
-                else f"the {policy.dominance_n} largest contributions make up {s:.0%} of the "
+                f"the {policy.dominance_n} largest contributions make up {s:.0%} of the "
                 f"total (limit {policy.dominance_k:.0%})"
                 for s in share[m]
             ],
@@ -395,9 +395,11 @@ def _primary(
             pr,
             "p_ratio",
             lambda m: [
-                f"p% rule: the rest of the cell is {r:.1%} of its largest contribution "
+                "all contributions are zero, so each one is revealed"
+                if t1 == 0
+                else f"p% rule: the rest of the cell is {r:.1%} of its largest contribution "
                 f"(needs {policy.p_ratio:.0%}), so the second largest could estimate it"
-                for r in rest[m]
+                for r, t1 in zip(rest[m], top1[m], strict=True)
             ],
         )
     if kind == "percentile" and q is not None:
@@ -414,7 +416,12 @@ def _primary(
                 for b, a in zip(below[idx], above[idx], strict=True)
             ],
         )
-    return rule, reason, review
+    all_rules = np.full(n_cells, "", dtype=object)
+    for name, hit in fired.items():
+        if hit.any():
+            joined = np.where(all_rules == "", name, all_rules + ";" + name)
+            all_rules = np.where(hit, joined, all_rules)
+    return rule, reason, all_rules, review
 
 
 # ---------------------------------------------------------------------------------- result
@@ -430,7 +437,8 @@ class CheckedTable:
         "count", "sum", "mean", "percentile", "min", "max" or "survival".
     cells : pandas DataFrame
         One row per cell (margins included): label columns, ``n``, ``value``, ``released``,
-        ``status``, ``rule`` and ``reason``.
+        ``status``, ``rule`` (the first primary rule that fired, or "secondary"), ``rules``
+        (every primary rule that fired, ";"-separated) and ``reason``.
     index, columns : tuple of str
         Label columns on the rows and columns of :attr:`released`.
     policy : DisclosurePolicy
@@ -663,7 +671,7 @@ def _finish(
 ) -> CheckedTable:
     shape = tuple(d.size for d in dims)
     structure = TableStructure(tuple(d.parent for d in dims))
-    rule, reason, _ = _primary(kind, q, stats, policy)
+    rule, reason, all_rules, _ = _primary(kind, q, stats, policy)
     primary = rule != ""
     status = np.where(primary, "primary:" + rule.astype(str), "ok").astype(object)
     value = stats.value
@@ -719,6 +727,7 @@ def _finish(
     data["rule"] = np.where(primary, rule, np.where(status == "secondary", "secondary", "")).astype(
         str
     )
+    data["rules"] = all_rules.astype(str)
     data["reason"] = reason.astype(str)
     cells = pd.DataFrame(data)
     index_cols = tuple(c for dim in dims[:index_dims] for c in dim.label_columns)
@@ -1230,6 +1239,7 @@ def check_survival(
     cells["released"] = np.where(later, np.nan, n)
     cells["status"] = status
     cells["rule"] = np.where(later, "survival", "")
+    cells["rules"] = cells["rule"]
     cells["reason"] = reason
     if events:
         cells[events] = cells[events].where(~later)
