@@ -998,39 +998,106 @@ def run(
     return ReportRun(run_dir, manifest)
 
 
+def _run_proposal(
+    path: Path, data: str | os.PathLike[str] | None, out: str | os.PathLike[str]
+) -> tuple[ReportRun | None, str | None]:
+    """One proposal of :func:`run_all` (module level, so a worker process can run it)."""
+    try:
+        return run(path, data=data, out=out, progress=False), None
+    except KidError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 def run_all(
     *,
     data: str | os.PathLike[str] | None,
     out: str | os.PathLike[str],
     progress: bool = False,
     proposals: str | os.PathLike[str] | None = None,
+    jobs: int | None = None,
 ) -> int:
     """Run every proposal in ``proposals/`` that approves notebooks, then build the register.
 
-    Returns 0 when every notebook of every proposal ran, else 8 (the report error code). A
-    proposal that cannot run at all (invalid, expired) is logged and counted as a failure.
+    Parameters
+    ----------
+    data : path or None
+        The built KID folder (None: ``$KID_DATA`` or the config file).
+    out : path
+        Reports folder; the register is written to ``<out>/register.md`` (and .json, .html).
+    progress : bool, default False
+        Show a rich progress bar over the proposals.
+    proposals : path, optional
+        Folder of proposal YAML files (default: ``$KID_PROPOSALS``, the config file's, or
+        ``./proposals``).
+    jobs : int, optional
+        Proposals run at the same time, each in its own worker process (default: up to 2, the
+        machine's cores). Released outputs do not depend on it.
+
+    Returns
+    -------
+    int
+        0 when every notebook of every proposal ran, else 8 (the report error code). A proposal
+        that cannot run at all (invalid, expired) is logged and counted as a failure.
     """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     if proposals is not None:
         folder = Path(proposals)
     else:
         from kidresearch.config import proposal_dirs
 
         folder = next((d for d in proposal_dirs() if d.is_dir()), _find_dir("proposals"))
+    jobs = jobs if jobs is not None else min(2, os.cpu_count() or 1)
     code = 0
+    todo: list[Path] = []
     for path in sorted(folder.glob("*.y*ml")):
         try:
             prop = _load_proposal(path)
-            if not prop.notebooks:
-                log.info("proposal %s approves no notebooks; skipped", prop.id)
-                continue
-            result = run(path, data=data, out=out, progress=progress)
         except KidError as exc:
-            log.error("proposal %s could not run: %s", path, exc)
+            log.error("proposal %s cannot run: %s", path, exc)
             code = ReportError.exit_code
             continue
-        log.info("proposal %s: %s\n%s", prop.id, result.run_dir, result.summary().to_string())
-        if not result.ok:
+        if prop.notebooks:
+            todo.append(path)
+        else:
+            log.info("proposal %s approves no notebooks; skipped", prop.id)
+
+    def record(path: Path, result: ReportRun | None, error: str | None) -> None:
+        nonlocal code
+        if result is None:
+            log.error("proposal %s could not run: %s", path, error)
             code = ReportError.exit_code
+            return
+        log.info("proposal %s: %s\n%s", path.stem, result.run_dir, result.summary().to_string())
+        if not result.ok:
+            log.warning("proposal %s: a notebook failed (see %s)", path.stem, result.run_dir)
+            code = ReportError.exit_code
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} proposals"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        task = bar.add_task("report batch", total=len(todo))
+        if jobs > 1 and len(todo) > 1:
+            # "spawn": a fresh interpreter per worker, nothing inherited from this process's
+            # threads or open database connections.
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_run_proposal, p, data, out): p for p in todo}
+                for future in as_completed(futures):
+                    record(futures[future], *future.result())
+                    bar.advance(task)
+        else:
+            for path in todo:
+                bar.update(task, description=f"report batch: {path.stem}")
+                record(path, *_run_proposal(path, data, out))
+                bar.advance(task)
     build_register(proposals=folder, reports=out, out=Path(out) / "register.md")
     return code
 

@@ -405,13 +405,16 @@ def test_run_all_returns_8_when_a_proposal_fails_and_builds_the_register(tmp_pat
     shutil.copy(NOTEBOOKS / "tiny_no_parameters.ipynb", tmp_path / "notebooks")
     _proposal(tmp_path / "proposals", "a.yaml", id="a-1", notebooks=["tiny_no_parameters.ipynb"])
     _proposal(tmp_path / "proposals", "b.yaml", id="b-1", notebooks=[])
+    _proposal(tmp_path / "proposals", "c.yaml", id="c-1", notebooks=["tiny_no_parameters.ipynb"])
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KID_DATA", raising=False)
     monkeypatch.delenv("KID_PROPOSALS", raising=False)
-    code = reports.run_all(data=None, out=tmp_path / "reports", progress=False)
+    # Two proposals with notebooks and jobs=2: they run in two worker processes.
+    code = reports.run_all(data=None, out=tmp_path / "reports", progress=False, jobs=2)
     assert code == 8
     register = json.loads((tmp_path / "reports" / "register.json").read_text())
-    assert [p["id"] for p in register["proposals"]] == ["a-1", "b-1"]
+    assert [p["id"] for p in register["proposals"]] == ["a-1", "b-1", "c-1"]
+    assert [len(p["runs"]) for p in register["proposals"]] == [1, 0, 1]
 
 
 # ------------------------------------------------------------------------------- on the demo KID
