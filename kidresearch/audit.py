@@ -291,7 +291,17 @@ def verify(data: str | os.PathLike[str] | None = None) -> VerifyResult:
 
     prev_hash, expected_seq, count = GENESIS_HASH, 1, 0
     last_seq, last_hash = 0, GENESIS_HASH
-    text = audit.path.read_text(encoding="utf-8")
+    # A shared lock: an append in progress (line written, HEAD not yet replaced) is not
+    # mistaken for a rewritten tail.
+    with open(audit.path, encoding="utf-8") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+        try:
+            text = fh.read()
+            head_text = (
+                audit.head_path.read_text(encoding="utf-8") if audit.head_path.exists() else None
+            )
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
     if text and not text.endswith("\n"):
         problems.append("the last line is incomplete (the file was cut mid-entry)")
     for number, line in enumerate(text.splitlines(), 1):
@@ -324,12 +334,12 @@ def verify(data: str | os.PathLike[str] | None = None) -> VerifyResult:
         expected_seq = seq + 1
         last_seq, last_hash = seq, prev_hash
 
-    if not audit.head_path.exists():
+    if head_text is None:
         if count:
             problems.append(f"{audit.head_path} is missing: a truncated tail cannot be ruled out")
     else:
         try:
-            head = json.loads(audit.head_path.read_text(encoding="utf-8"))
+            head = json.loads(head_text)
             head_seq, head_hash = int(head["seq"]), str(head["hash"])
         except (ValueError, KeyError, TypeError) as exc:
             problems.append(f"{audit.head_path}: unreadable ({exc})")
