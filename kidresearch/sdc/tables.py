@@ -469,15 +469,21 @@ class CheckedTable:
         frame = self.cells
         if not self.columns:
             return frame.set_index(list(self.index))[column]
-        wide = frame.pivot_table(
-            index=list(self.index),
-            columns=list(self.columns),
-            values=column,
-            aggfunc="first",
-            sort=False,
-            dropna=False,
+        # Cells are stored in C order with the row dimensions first, so the table is a reshape
+        # (a pivot would invent (district, practice) pairs that do not exist).
+        n_cols = len(frame[list(self.columns)].drop_duplicates())
+        n_rows = len(frame) // n_cols
+
+        def axis(labels: pd.DataFrame, name: str) -> pd.Index:
+            if labels.shape[1] == 1:
+                return pd.Index(labels.iloc[:, 0].to_numpy(), name=labels.columns[0], dtype=object)
+            return pd.MultiIndex.from_frame(labels)
+
+        index = axis(frame[list(self.index)].iloc[::n_cols].reset_index(drop=True), "index")
+        columns = axis(frame[list(self.columns)].iloc[:n_cols].reset_index(drop=True), "columns")
+        return pd.DataFrame(
+            frame[column].to_numpy().reshape(n_rows, n_cols), index=index, columns=columns
         )
-        return wide
 
     @cached_property
     def released(self) -> pd.DataFrame | pd.Series:
