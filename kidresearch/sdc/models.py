@@ -219,6 +219,23 @@ def check_model(
                         f"binary outcome class {cls:g} has {count} observations "
                         f"(threshold {policy.threshold})"
                     )
+    status_var = getattr(getattr(result, "model", None), "status", None)
+    if status_var is not None and np.ndim(status_var) == 1 and len(status_var):
+        # Survival models (PHReg): the number of events, like a survival table's counts.
+        events = int(np.sum(np.asarray(status_var, dtype=float) > 0))
+        ok = events >= policy.survival_threshold
+        rows.append(
+            {
+                "check": "event_count",
+                "term": "events",
+                "level": "",
+                "value": events,
+                "limit": policy.survival_threshold,
+                "result": "pass" if ok else "fail",
+            }
+        )
+        if not ok:
+            reasons.append(f"{events} events (survival threshold {policy.survival_threshold})")
     details = pd.DataFrame(rows, columns=["check", "term", "level", "value", "limit", "result"])
     rules = tuple(
         RuleResult(
