@@ -382,3 +382,13 @@ def test_malformed_csv_is_a_feed_error_naming_the_file(tmp_path) -> None:
         build(tmp_path / "raw", tmp_path / "kid", key_file=key)
     assert current_version(tmp_path / "kid") is None
     shutil.rmtree(tmp_path / "raw")
+
+
+def test_result_plot_draws_one_bar_per_feed(built) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    _, _, _, result = built
+    ax = result.plot()
+    assert len(ax.patches) >= len(RAW_FEEDS)
+    assert "linkage rate" in ax.get_title()
