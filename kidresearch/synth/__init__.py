@@ -32,7 +32,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,8 @@ def _writer_options(schema: pa.Schema) -> dict[str, Any]:
         if (pa.types.is_string(f.type) or pa.types.is_dictionary(f.type))
         and f.name not in ("record_id", "nhs_number")
     ]
-    return _PARQUET_OPTIONS | {"use_dictionary": low}
+    stats = [f.name for f in schema if f.name not in ("record_id", "nhs_number")]
+    return _PARQUET_OPTIONS | {"use_dictionary": low, "write_statistics": stats}
 
 
 @dataclass(frozen=True)
@@ -285,23 +286,44 @@ def generate(
         task = bar.add_task(f"synth {scn.name}", total=n_chunks)
         bar.start()
     try:
+        labels = [cal.month_label(m) for m in range(cal.n_months)]
+
+        def write_feed(feed: str, ff: FinishedFeed) -> dict[str, int]:
+            # One thread per feed: each file is appended to by exactly one thread per chunk and
+            # chunks are written in order, so the bytes do not depend on thread timing.
+            written = {}
+            bounds = np.searchsorted(ff.month, np.arange(cal.n_months + 1))
+            for m in range(cal.n_months):
+                lo, hi = int(bounds[m]), int(bounds[m + 1])
+                if hi <= lo:
+                    continue
+                writers[(feed, m)].write_table(ff.table.slice(lo, hi - lo))
+                written[f"{feed}/{feed}_{labels[m]}.parquet"] = hi - lo
+            return written
+
+        pool = ThreadPoolExecutor(max(1, workers))
         for finished, truth in _chunks_in_order(scn, n_chunks, workers):
-            for feed, ff in finished.items():
-                schemas[feed] = ff.table.schema
-                bounds = np.searchsorted(ff.month, np.arange(cal.n_months + 1))
-                for m in range(cal.n_months):
-                    lo, hi = int(bounds[m]), int(bounds[m + 1])
-                    if hi <= lo:
-                        continue
-                    key = (feed, m)
-                    if key not in writers:
-                        writers[key] = pq.ParquetWriter(
-                            path_of(feed, m), schemas[feed], **_writer_options(schemas[feed])
+            # Biggest feeds first so the threads finish together.
+            order = sorted(finished, key=lambda f: -finished[f].table.num_rows)
+            for feed in order:
+                schemas[feed] = finished[feed].table.schema
+            # Create missing writers up front (dict writes from one thread only).
+            for feed in order:
+                ff = finished[feed]
+                present = np.unique(ff.month)
+                for m in present.tolist():
+                    if (feed, m) not in writers:
+                        writers[(feed, m)] = pq.ParquetWriter(
+                            raw / feed / f"{feed}_{labels[m]}.parquet",
+                            ff.table.schema,
+                            **_writer_options(ff.table.schema),
                         )
-                    writers[key].write_table(ff.table.slice(lo, hi - lo))
-                    name = f"{feed}/{path_of(feed, m).name}"
-                    file_rows[name] = file_rows.get(name, 0) + hi - lo
-                row_counts[feed] += ff.table.num_rows
+            tables = [finished[f] for f in order]
+            for written in pool.map(write_feed, order, tables):
+                for name, rows in written.items():
+                    file_rows[name] = file_rows.get(name, 0) + rows
+            for feed in order:
+                row_counts[feed] += finished[feed].table.num_rows
             for key, value in truth.counts.items():
                 counts[key] = counts.get(key, 0) + value
             practice_acsc += truth.practice_acsc
@@ -310,6 +332,8 @@ def generate(
             if bar is not None:
                 bar.advance(task)
     finally:
+        if "pool" in locals():
+            pool.shutdown()
         for w in writers.values():
             w.close()
         if bar is not None:

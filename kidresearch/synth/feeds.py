@@ -264,7 +264,11 @@ class Cat:
 
 
 def categorical(labels: np.ndarray | list[str], codes: np.ndarray) -> Cat:
-    return Cat(np.asarray(codes, dtype=np.int32), np.asarray(labels, dtype=str))
+    """A Cat column; labels must be distinct (Parquet dictionary pages are only byte-stable
+    across processes when dictionary values are unique)."""
+    labels = np.asarray(labels, dtype=str)
+    assert len(np.unique(labels)) == len(labels), "categorical labels must be distinct"
+    return Cat(np.asarray(codes, dtype=np.int32), labels)
 
 
 def _concat_values(parts: list[Any]) -> Any:
@@ -559,7 +563,9 @@ class ChunkSimulator:
         return FeedRows(cols, pid, month, np.arange(len(pid), dtype=np.int64))
 
     def _trust(self, pid: np.ndarray) -> Cat:
-        return categorical(DISTRICT_TRUST, self.geo.lsoa_district[self.p.lsoa[pid]])
+        # Unique labels: Parquet dictionary writes are only byte-stable with distinct values.
+        trusts, index = np.unique(DISTRICT_TRUST, return_inverse=True)
+        return categorical(trusts, index[self.geo.lsoa_district[self.p.lsoa[pid]]])
 
     def inpatient_spells(self) -> FeedRows:
         p, rng, scn = self.p, self.rng, self.scn
@@ -836,11 +842,12 @@ class ChunkSimulator:
         quantity = np.full(len(pid), int(round(interval / 28)) * 28, dtype=np.int32)
         cost = np.round(ref.drug_monthly_cost[slot] * months, 2)
         self.rx_pid, self.rx_day, self.rx_cost = pid, day, cost
+        drug_labels, drug_index = np.unique(ref.drug_code, return_inverse=True)
         _add(self.truth.counts, "prescription_items", len(pid))
         cols = {
             "practice_code": categorical(self.geo.practice_code, self._practice_on(pid, day)),
             "issue_date": day,
-            "bnf_code": categorical(ref.drug_code, slot),
+            "bnf_code": categorical(drug_labels, drug_index[slot]),
             "bnf_chapter": ref.drug_chapter[slot].astype(np.int8),
             "quantity": quantity,
             "cost_gbp": cost,
