@@ -243,7 +243,7 @@ class _Hypercubes:
         suppressed: np.ndarray,
         required: np.ndarray,
         lower: float,
-        n_siblings: int = 3,
+        n_siblings: int = 4,
     ) -> None:
         self.shape = structure.shape
         self.k = len(self.shape)

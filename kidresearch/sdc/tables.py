@@ -565,8 +565,8 @@ class CheckedTable:
         status = "review" if self.needs_review else "pass"
         reasons = [
             f"{self._cell_label(row)}: {row['reason']}"
-            for _, row in self.cells[self.cells["reason"] != ""].iterrows()
-        ][:200]
+            for _, row in self.cells[self.cells["reason"] != ""].head(200).iterrows()
+        ]
         return OutputRecord(
             name=self.name,
             kind=f"table:{self.kind}",
@@ -679,7 +679,8 @@ def _finish(
     structure = TableStructure(tuple(d.parent for d in dims))
     rule, reason, all_rules, _ = _primary(kind, q, stats, policy)
     primary = rule != ""
-    status = np.where(primary, "primary:" + rule.astype(str), "ok").astype(object)
+    status = np.full(len(rule), "ok", dtype=object)
+    status[primary] = "primary:" + rule[primary]
     value = stats.value
     released = np.where(primary, np.nan, value)
     notes: list[str] = []
@@ -729,12 +730,11 @@ def _finish(
     data["n"] = stats.n.astype(np.int64)
     data["value"] = value
     data["released"] = released
-    data["status"] = status.astype(str)
-    data["rule"] = np.where(primary, rule, np.where(status == "secondary", "secondary", "")).astype(
-        str
-    )
-    data["rules"] = all_rules.astype(str)
-    data["reason"] = reason.astype(str)
+    # Few distinct values: categoricals are cheap to build for tables of 100,000 cells.
+    data["status"] = pd.Categorical(status)
+    data["rule"] = pd.Categorical(np.where(status == "secondary", "secondary", rule))
+    data["rules"] = pd.Categorical(all_rules)
+    data["reason"] = reason
     cells = pd.DataFrame(data)
     index_cols = tuple(c for dim in dims[:index_dims] for c in dim.label_columns)
     column_cols = tuple(c for dim in dims[index_dims:] for c in dim.label_columns)
