@@ -1201,16 +1201,28 @@ def outcomes(
                 )
             use = keep & ~cohort.category.isin(empty)
             columns = [c for c in design.columns if c not in empty]
-            model = sm.PHReg(
-                time_days[use].to_numpy(),
-                design.loc[use, columns],
-                status=event[use].astype(int).to_numpy(),
-                ties="efron",
-            ).fit()
+            try:
+                model = sm.PHReg(
+                    time_days[use].to_numpy(),
+                    design.loc[use, columns],
+                    status=event[use].astype(int).to_numpy(),
+                    ties="efron",
+                ).fit()
+            except np.linalg.LinAlgError:
+                # Too few events for the information matrix to be inverted (e.g. a handful of
+                # care-home admissions in a small KID).
+                warnings.warn(
+                    f"frailty.outcomes: the Cox model of {outcome} could not be estimated "
+                    f"({int(event[use].sum())} events); its hazard ratios are missing.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                model = None
             models[outcome] = model
-            params = pd.Series(model.params, index=columns).reindex(design.columns)
-            ci = pd.DataFrame(model.conf_int(), index=columns).reindex(design.columns)
-            pvalues = pd.Series(model.pvalues, index=columns).reindex(design.columns)
+            if model is not None:
+                params = pd.Series(model.params, index=columns).reindex(design.columns)
+                ci = pd.DataFrame(model.conf_int(), index=columns).reindex(design.columns)
+                pvalues = pd.Series(model.pvalues, index=columns).reindex(design.columns)
         for category in EFI_CATEGORIES:
             in_cat = keep & (cohort.category == category)
             row = {

@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import recipes_fake_kid
 from recipes_fake_kid import TOY_CODELIST, make_fake_kid, session_from_frames
 
 from kidresearch import frailty
@@ -20,6 +21,8 @@ from kidresearch.errors import DroppedRowsWarning
 from kidresearch.frailty import FrailtyError
 
 matplotlib.use("Agg")
+
+demo_session = recipes_fake_kid.demo_session  # fixture: a session on the shared demo KID
 
 AT = dt.date(2020, 6, 30)
 # One code per coded deficit, in code-list order (the shipped list has 35 coded deficits).
@@ -328,3 +331,41 @@ def test_shipped_code_list_has_35_coded_deficits_plus_polypharmacy():
     assert codes.deficit.nunique() == 35
     assert frailty.POLYPHARMACY not in set(codes.deficit)
     assert codes.snomed_code.str.fullmatch(r"\d{6,18}").all()
+
+
+# ------------------------------------------------------------------------------------------
+# Demo KID: the synthetic generator's truth and the published shares
+# ------------------------------------------------------------------------------------------
+def test_efi_shares_on_the_demo_kid_match_truth_and_published_shares(demo_session, demo_truth):
+    by_date = {row["date"]: row for row in demo_truth["efi"]["shares_by_date"]}
+    # The generator's shares come from its raw feeds (exact dates of birth, every record);
+    # the research KID loses 1-2% of records to non-linkage and ages people from birth month,
+    # so agreement within 2 percentage points per category. Dates a year or more after the
+    # period start only (polypharmacy needs 12 months of prescriptions).
+    for day in ("2022-11-01", "2024-11-01"):
+        shares = frailty.efi(demo_session, day).shares().set_index("category").share
+        for category in frailty.EFI_CATEGORIES:
+            assert shares[category] == pytest.approx(by_date[day][category], abs=0.02), (
+                day,
+                category,
+            )
+    # Clegg et al. 2016 (65-95): fit 50%, mild 35%, moderate 12%, severe 3%. The demo (about
+    # 9,500 people aged 65-95) should land within 5, 5, 3 and 1.5 points of them.
+    published = frailty.PUBLISHED_SHARES_65_95
+    tolerance = {"fit": 0.05, "mild": 0.05, "moderate": 0.03, "severe": 0.015}
+    for category, share in shares.items():
+        assert share == pytest.approx(published[category], abs=tolerance[category]), category
+
+
+def test_mortality_hazard_ratios_on_the_demo_kid_cover_the_truth(demo_session, demo_truth):
+    true_hr = demo_truth["mortality"]["efi_hazard_ratios"]
+    result = frailty.outcomes(
+        demo_session, "2022-11-01", outcomes=("death",), truth={"death": true_hr}
+    )
+    frame = result.frame.set_index("category")
+    # About 400 deaths among 9,250 people: the 95% intervals should cover the generator's
+    # ratios (1.92 / 3.10 / 4.52), and the estimates rise with frailty.
+    for category in ("mild", "moderate", "severe"):
+        row = frame.loc[category]
+        assert row.hr_lower < true_hr[category] < row.hr_upper, (category, row.hr)
+    assert frame.loc["mild", "hr"] < frame.loc["moderate", "hr"] < frame.loc["severe", "hr"]
