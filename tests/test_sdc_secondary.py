@@ -195,3 +195,26 @@ def test_one_small_cell_costs_three_partners() -> None:
     (lo, hi) = independent_ranges(t.released)[("r0", "c0")]
     # hand: the 3 can rise by min(12, 20) = 12 and fall by min(3, 30) = 3 -> [0, 15]
     assert (lo, hi) == (0.0, 15.0)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(counts=tables)
+def test_lp_repair_path_alone_also_protects(counts: np.ndarray) -> None:
+    """The LP audit-and-repair safety net, run without hypercubes, protects on its own."""
+    full = np.zeros((counts.shape[0] + 1, counts.shape[1] + 1))
+    full[:-1, :-1] = counts
+    full[-1, :-1] = counts.sum(axis=0)
+    full[:, -1] = full[:, :-1].sum(axis=1)
+    r, c = counts.shape
+    structure = TableStructure((np.array([r] * r + [-1]), np.array([c] * c + [-1])))
+    values = full.ravel()
+    primary = values < 10
+    result = protect(values, primary, structure, np.full(values.size, 10.0), method="lp")
+    released = np.where(result.suppressed, np.nan, values).reshape(full.shape)
+    frame = pd.DataFrame(
+        released,
+        index=[f"r{i}" for i in range(r)] + [TOTAL],
+        columns=[f"c{j}" for j in range(c)] + [TOTAL],
+    )
+    for cell, (lo, hi) in independent_ranges(frame).items():
+        assert hi - lo >= 10 - 1e-6, (cell, lo, hi)

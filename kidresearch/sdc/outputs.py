@@ -389,6 +389,15 @@ def check_folder(directory: str | Path, *, policy: Any = None, proposal: Any = N
     ------
     DisclosureError
         The folder does not exist, or the policy is invalid.
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> pd.DataFrame({"district": ["Dover", "Thanet"], "n": [40, 4]}).to_csv(folder / "t.csv", index=False)
+    >>> result = check_folder(folder)
+    >>> result.ok, result.summary()["status"].tolist()
+    (False, ['fail'])
     """
     directory = Path(directory)
     if not directory.is_dir():

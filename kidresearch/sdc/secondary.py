@@ -416,6 +416,7 @@ def protect(
     seed: int = 0,
     random_rounds: int = 3,
     batch_size: int = 256,
+    method: str = "hypercube",
 ) -> SecondaryResult:
     """Choose secondary suppressions so that every suppressed cell keeps a wide feasible range.
 
@@ -435,6 +436,11 @@ def protect(
         Seed for the objective signs of the certifying LPs (the result is deterministic).
     random_rounds : int
         Number of batched certifying rounds before exact per-cell LPs.
+    batch_size : int
+        Primary cells covered per vectorised hypercube batch.
+    method : str
+        "hypercube" (default: hypercubes, then the LP audit as a safety net) or "lp" (singleton
+        closing and LP audit/repair only; slower, used to cross-check).
 
     Returns
     -------
@@ -475,6 +481,10 @@ def protect(
     )
     prim = np.flatnonzero(suppressed)
     prim = prim[np.lexsort((prim, -levels[prim]))]
+    if method not in ("hypercube", "lp"):
+        raise DisclosureError(f"protect: method must be 'hypercube' or 'lp'; got {method!r}")
+    if method == "lp":
+        prim = prim[:0]
     for start in range(0, len(prim), batch_size):
         batch = prim[start : start + batch_size]
         batch = batch[proven[batch] < required[batch] - _TOL]
