@@ -294,3 +294,14 @@ def test_result_object_views() -> None:
     # Every suppressed cell has a reason.
     hidden = tidy[tidy["status"] != "ok"]
     assert (hidden["reason"] != "").all()
+
+
+def test_tables_that_already_have_margins_are_refused() -> None:
+    wide = pd.crosstab(
+        pd.Series(["a", "b"] * 10, name="g"), pd.Series(["x"] * 20, name="h"), margins=True
+    )
+    with pytest.raises(DisclosureError, match="already has pandas margins"):
+        check_table(wide)
+    long = pd.DataFrame({"g": ["a", "Total"], "n": [12, 12]})
+    with pytest.raises(DisclosureError, match="column 'g' already holds the margins label 'Total'"):
+        check_table(long, counts="n", keys=["g"])

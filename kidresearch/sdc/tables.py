@@ -808,6 +808,15 @@ def _dims_for(
             )
     _require_columns(frame, names + list(hierarchy.values()), what)
     _check_no_missing(frame, names + list(hierarchy.values()), what)
+    if margins:
+        for col in names + list(hierarchy.values()):
+            hit = (frame[col].astype(str) == str(margins_name)).to_numpy()
+            if hit.any():
+                raise DisclosureError(
+                    f"{what}: column '{col}' already holds the margins label {margins_name!r} "
+                    f"(row {int(np.flatnonzero(hit)[0])}); pass the interior cells only (margins "
+                    "are added here) or choose another margins_name"
+                )
     return [_build_dim(frame, n, hierarchy.get(n), margins, margins_name) for n in names]
 
 
@@ -1070,6 +1079,11 @@ def check_table(
             table = table.rename_axis("row")
         if table.columns.name is None:
             table = table.rename_axis(columns="column")
+        if "All" in table.index and "All" in table.columns:
+            raise DisclosureError(
+                f"{what}: the table already has pandas margins ('All' row and column); pass it "
+                "without margins (margins are added and checked here)"
+            )
         idx_names = list(table.index.names)
         col_name = table.columns.name
         long = table.stack(future_stack=True).rename("n").reset_index()
