@@ -340,10 +340,12 @@ def _excluded_query(kid: KIDLike, start: dt.date, end: dt.date) -> ir.Table:
     return outside.aggregate(people=outside.count(), cost_gbp=outside.cost_gbp.sum())
 
 
-def _age_band(age: pd.Series) -> pd.Series:
-    lo = (np.minimum(age.to_numpy(dtype=int), TOP_AGE_BAND) // AGE_BAND_YEARS) * AGE_BAND_YEARS
-    labels = np.where(lo >= TOP_AGE_BAND, f"{TOP_AGE_BAND}+", [f"{a}-{a + 4}" for a in lo])
-    return pd.Series(labels, index=age.index)
+def _age_band(age: pd.Series) -> pd.Categorical:
+    """5-year age bands to 85+ as an ordered categorical (vectorised)."""
+    lo = np.minimum(age.to_numpy(dtype=int), TOP_AGE_BAND) // AGE_BAND_YEARS
+    labels = [f"{a * AGE_BAND_YEARS}-{a * AGE_BAND_YEARS + 4}" for a in range(lo.max() + 1)]
+    labels[-1] = labels[-1] if lo.max() * AGE_BAND_YEARS < TOP_AGE_BAND else f"{TOP_AGE_BAND}+"
+    return pd.Categorical.from_codes(lo, categories=labels, ordered=True)
 
 
 def _morbidity_band(count: pd.Series) -> pd.Categorical:
@@ -460,17 +462,18 @@ class PersonCosts:
         return out
 
     def summary(self) -> Any:
-        """Total cost by service line, released through :func:`kidresearch.sdc.check_table`
-        (each person's cost in the line is a contribution for the dominance rules)."""
+        """Total cost and users by service line, released through
+        :func:`kidresearch.sdc.check_table` (each user's cost in the line is a contribution for
+        the dominance rules). Mean cost per person is total / everyone in :attr:`frame`."""
         from kidresearch import sdc
 
         f = self.frame
-        table = self.by_service_line()[["service_line", "cost_gbp"]].assign(people=len(f))
+        table = self.by_service_line()[["service_line", "users", "cost_gbp"]]
         long = f[list(SERVICE_LINES)].melt(var_name="service_line", value_name="cost_gbp")
         long = long[long.cost_gbp > 0]
         return sdc.check_table(
             table,
-            counts="people",
+            counts="users",
             values="cost_gbp",
             keys=["service_line"],
             contributions=long,
@@ -606,62 +609,99 @@ def _check_ladder(ladder: Sequence[str]) -> tuple[str, ...]:
 
 
 def _model_frame(frame: pd.DataFrame, steps: tuple[str, ...]) -> pd.DataFrame:
+    """Cell variables of the ladder, as small codes (people with equal codes share a cell)."""
     out = pd.DataFrame(index=frame.index)
     if "age_sex" in steps:
-        out["age_sex"] = frame.sex.astype(str) + ":" + _age_band(frame.age)
+        band = _age_band(frame.age)
+        sex = pd.Categorical(frame.sex.astype(str))
+        codes = sex.codes.astype(np.int64) * len(band.categories) + band.codes
+        labels = [f"{x}:{b}" for x in sex.categories for b in band.categories]
+        out["age_sex"] = pd.Categorical.from_codes(codes, categories=labels)
     if "morbidity" in steps:
-        out["morbidity_band"] = _morbidity_band(frame.deficit_count).astype(str)
+        out["morbidity_band"] = _morbidity_band(frame.deficit_count)
     if "deprivation" in steps:
-        out["imd_quintile"] = frame.imd_quintile.astype("Int8").astype(str)
+        out["imd_quintile"] = frame.imd_quintile.astype(int).to_numpy()
+        out["age_55_plus"] = (frame.age.to_numpy() >= GRADIENT_MIN_AGE).astype(int)
     return out
 
 
-def _formula(covariates: Sequence[str]) -> str:
-    terms = " + ".join(f"C({c})" for c in covariates)
-    return f"y ~ {terms}" if terms else "y ~ 1"
+def _deprivation_terms(covariates: Sequence[str]) -> list[str]:
+    """Deprivation as IMD quintile 1-4 vs 5, separately under 55 and 55+ (0/1 columns)."""
+    terms = [f"dep_{age}_q{q}" for age in ("under_55", "55_plus") for q in range(1, 5)]
+    if "age_sex" not in covariates:
+        terms.append("age_55_plus")  # otherwise spanned by the age bands
+    return terms
+
+
+def _add_deprivation_columns(cells: pd.DataFrame) -> pd.DataFrame:
+    cells = cells.copy()
+    q = cells.imd_quintile.to_numpy()
+    older = cells.age_55_plus.to_numpy() == 1
+    for q_level in range(1, 5):
+        cells[f"dep_under_55_q{q_level}"] = ((q == q_level) & ~older).astype(float)
+        cells[f"dep_55_plus_q{q_level}"] = ((q == q_level) & older).astype(float)
+    return cells
+
+
+def _design(cells: pd.DataFrame, covariates: Sequence[str]) -> pd.DataFrame:
+    """Design matrix of a ladder step: intercept, then treatment-coded dummies (first level
+    of each categorical is the reference; deprivation as :func:`_deprivation_terms`)."""
+    parts = [pd.DataFrame({"Intercept": np.ones(len(cells))}, index=cells.index)]
+    for c in covariates:
+        if c == "imd_quintile":
+            parts.append(cells[_deprivation_terms(covariates)].astype(float))
+            continue
+        values = cells[c]
+        levels = list(values.cat.categories) if hasattr(values, "cat") else sorted(set(values))
+        codes = pd.Categorical(values, categories=levels).codes
+        dummies = (codes[:, None] == np.arange(1, len(levels))[None, :]).astype(float)
+        names = [f"{c}[{level}]" for level in levels[1:]]
+        parts.append(pd.DataFrame(dummies, columns=names, index=cells.index))
+    return pd.concat(parts, axis=1)
 
 
 def _fit_cells(cells: pd.DataFrame, covariates: Sequence[str], model: str) -> dict[str, Any]:
     """Fit one ladder step on covariate cells; returns fitted results and cell means."""
-    import statsmodels.api as sm
-    import statsmodels.formula.api as smf
+    from statsmodels.genmod import families
+    from statsmodels.genmod.generalized_linear_model import GLM
 
-    log_link = sm.families.links.Log()
-    formula = _formula(covariates)
+    log_link = families.links.Log()
+    design = _design(cells, covariates)
+    n = cells.n.to_numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         if model == "gamma":
-            fit = smf.glm(
-                formula,
-                data=cells.assign(y=cells.sum_cost / cells.n),
-                family=sm.families.Tweedie(var_power=2, link=log_link),
-                var_weights=cells.n,
+            fit = GLM(
+                cells.sum_cost.to_numpy() / n,
+                design,
+                family=families.Tweedie(var_power=2, link=log_link),
+                var_weights=n,
             ).fit()
-            mean = np.asarray(fit.predict(cells))
-            return {"fits": {"gamma": fit}, "mean": mean}
-        anyc = smf.glm(
-            formula,
-            data=cells.assign(y=cells.n_pos / cells.n),
-            family=sm.families.Binomial(),
-            var_weights=cells.n,
+            return {"fits": {"gamma": fit}, "mean": np.asarray(fit.predict(design))}
+        anyc = GLM(
+            cells.n_pos.to_numpy() / n, design, family=families.Binomial(), var_weights=n
         ).fit()
-        pos = cells[cells.n_pos > 0]
-        gamma = smf.glm(
-            formula,
-            data=pos.assign(y=pos.sum_cost / pos.n_pos),
-            family=sm.families.Gamma(link=log_link),
-            var_weights=pos.n_pos,
+        pos = (cells.n_pos > 0).to_numpy()
+        n_pos = cells.n_pos.to_numpy()[pos]
+        gamma = GLM(
+            cells.sum_cost.to_numpy()[pos] / n_pos,
+            design[pos],
+            family=families.Gamma(link=log_link),
+            var_weights=n_pos,
         ).fit()
-    mean = np.asarray(anyc.predict(cells)) * np.asarray(gamma.predict(cells))
+    mean = np.asarray(anyc.predict(design)) * np.asarray(gamma.predict(design))
     return {"fits": {"any_cost": anyc, "positive_cost": gamma}, "mean": mean}
 
 
-def _predict(fitted: dict[str, Any], data: pd.DataFrame, model: str) -> np.ndarray:
+def _predict(
+    fitted: dict[str, Any], data: pd.DataFrame, covariates: Sequence[str], model: str
+) -> np.ndarray:
     fits = fitted["fits"]
+    design = _design(data, covariates)
     if model == "gamma":
-        return np.asarray(fits["gamma"].predict(data))
-    return np.asarray(fits["any_cost"].predict(data)) * np.asarray(
-        fits["positive_cost"].predict(data)
+        return np.asarray(fits["gamma"].predict(design))
+    return np.asarray(fits["any_cost"].predict(design)) * np.asarray(
+        fits["positive_cost"].predict(design)
     )
 
 
@@ -981,6 +1021,8 @@ def map(
         cells = pd.DataFrame({"n": [len(frame)]})
     n_cells = len(cells)
     cells["n"] = cells["n"].astype(float)
+    if "imd_quintile" in keys:
+        cells = _add_deprivation_columns(cells)
     cells["sum_cost"] = np.bincount(cell, weights=cost, minlength=n_cells)
     cells["n_pos"] = np.bincount(cell, weights=(cost > 0).astype(float), minlength=n_cells)
     cells["sum_sq"] = np.bincount(cell, weights=cost**2, minlength=n_cells)
@@ -1045,8 +1087,18 @@ def map(
         if "imd_quintile" in covariates:
             older_cells = cells[cells.n_older > 0]
             weights = older_cells.n_older.to_numpy()
-            most = _predict(fitted, older_cells.assign(imd_quintile="1"), model)
-            least = _predict(fitted, older_cells.assign(imd_quintile="5"), model)
+            most = _predict(
+                fitted,
+                _add_deprivation_columns(older_cells.assign(imd_quintile=1)),
+                covariates,
+                model,
+            )
+            least = _predict(
+                fitted,
+                _add_deprivation_columns(older_cells.assign(imd_quintile=5)),
+                covariates,
+                model,
+            )
             adjusted = float((weights * most).sum() / (weights * least).sum())
         rows.append(
             {
@@ -1085,7 +1137,7 @@ def map(
         ladder=ladder_frame,
         gradient=grad,
         fits=fits,
-        contributions=pd.DataFrame({"unit": unit, "observed_gbp": cost})[cost > 0],
+        contributions=pd.DataFrame({"unit": unit, "observed_gbp": cost}),
     )
     return result
 
