@@ -1247,6 +1247,11 @@ def _register_entry(path: Path) -> dict[str, Any]:
     return entry
 
 
+def _data_files(output: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The released data files of an output (the .sdc.json sidecars are in the JSON register)."""
+    return [f for f in output["files"] if not f["path"].endswith(".sdc.json")]
+
+
 def build_register(
     *,
     proposals: str | os.PathLike[str],
@@ -1354,7 +1359,7 @@ def build_register(
             if r["released"]:
                 lines += ["| notebook | output | kind | file | sha256 |", "|---|---|---|---|---|"]
                 for o in r["released"]:
-                    for f in o["files"]:
+                    for f in _data_files(o):
                         lines.append(
                             f"| {o['notebook']} | {o['name']} | {o['kind']} | `{f['path']}` | `{f['sha256'][:16]}` |"
                         )
@@ -1377,7 +1382,7 @@ def build_register(
                 f"<h3>Run {html.escape(r['run_id'])} ({r['date']})</h3><p>{len(r['released'])} released, {r['withheld']} withheld.</p><ul>"
             )
             for o in r["released"]:
-                for f in o["files"]:
+                for f in _data_files(o):
                     parts.append(
                         f"<li>{html.escape(o['name'])}: <code>{html.escape(f['path'])}</code></li>"
                     )

@@ -11,6 +11,9 @@ image must be caught.
 from __future__ import annotations
 
 import base64
+import fcntl
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -84,14 +87,29 @@ def _inspect(page: Path, tmp: Path) -> dict[str, object]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def report_run(tmp_path_factory: pytest.TempPathFactory) -> reports.ReportRun:
-    return reports.run(
-        DATA / "proposal_reports_test.yaml",
-        notebooks=["tiny_release", "tiny_fails"],
-        out=tmp_path_factory.mktemp("browser_reports"),
-        notebook_dir=DATA / "notebooks",
-    )
+    """The test batch run of tests/test_reports.py (same folder and lock: made once per session)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    out = base / "shared" / "report_batch"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / "report_batch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            manifests = sorted(out.glob("*/*/manifest.json"))
+            if manifests:
+                manifest = manifests[0]
+                return reports.ReportRun(manifest.parent, json.loads(manifest.read_text()))
+            return reports.run(
+                DATA / "proposal_reports_test.yaml",
+                parameters={"scale": "2"},
+                out=out,
+                notebook_dir=DATA / "notebooks",
+            )
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def test_every_report_renders_its_figures_and_shows_no_error_cell(report_run, tmp_path):

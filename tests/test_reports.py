@@ -10,9 +10,11 @@ withheld; ``tiny_fails`` releases a table and then raises; ``tiny_no_parameters`
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -59,12 +61,29 @@ def _checked(frame: pd.DataFrame, passed: bool, reasons: list[str] | None = None
     return SimpleNamespace(released=frame, passed=passed, record={"reasons": reasons or []})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def batch(tmp_path_factory: pytest.TempPathFactory) -> reports.ReportRun:
     """One run of all three test notebooks (one fine, one failing, one without parameters),
-    with the parameter scale=2 given as a CLI-style string."""
-    out = tmp_path_factory.mktemp("reports")
-    return reports.run(PROPOSAL, parameters={"scale": "2"}, out=out, notebook_dir=NOTEBOOKS)
+    with the parameter scale=2 given as a CLI-style string.
+
+    Made once per test session and shared by the xdist workers (a file lock in the folder the
+    workers share, as tests/conftest.py does for the demo KID).
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    out = base / "shared" / "report_batch"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / "report_batch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            manifests = sorted(out.glob("*/*/manifest.json"))
+            if manifests:
+                manifest = manifests[0]
+                return reports.ReportRun(manifest.parent, json.loads(manifest.read_text()))
+            return reports.run(PROPOSAL, parameters={"scale": "2"}, out=out, notebook_dir=NOTEBOOKS)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------------- failure isolation
