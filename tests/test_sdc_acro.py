@@ -160,6 +160,23 @@ def acro_results() -> dict:
                     "tables": tables[name],
                 }
             )
+    runs.append(
+        {
+            "name": "default:mean",
+            "settings": {},
+            "aggfunc": "mean",
+            "tables": tables["default"][:300],
+        }
+    )
+    runs.append(
+        {
+            "name": "default:sum:margins",
+            "settings": {},
+            "aggfunc": "sum",
+            "tables": tables["default"][:60],
+            "margins": True,
+        }
+    )
     zeros_tables = tables["default"][:100]
     runs.append(
         {
@@ -226,6 +243,33 @@ def test_primary_decisions_match_acro_on_1000_tables(
     )
     assert expected <= set(flat)
     assert sum(not v for v in theirs.values()) > 100
+
+
+def test_mean_tables_match_acro(acro_results: dict) -> None:
+    tables = acro_results["tables"]["default"][:300]
+    ours = crosstab(
+        _frame(tables), ["id", "row"], "col", values="value", aggfunc="mean", margins=False
+    )
+    mine = _ours_as_acro(ours.cells, "mean")
+    theirs = acro_results["runs"]["default:mean"]
+    assert mine == {k: theirs[k] for k in mine}
+
+
+def test_primary_decisions_on_margins_match_acro(acro_results: dict) -> None:
+    """With margins=True (labelled "All" as in pandas/ACRO), totals get the same primary checks."""
+    theirs = acro_results["runs"]["default:sum:margins"]
+    compared = 0
+    for t in acro_results["tables"]["default"][:60]:
+        frame = _frame([t])
+        ours = crosstab(frame, "row", "col", values="value", aggfunc="sum", margins_name="All")
+        cells = ours.cells.assign(id=t["id"])
+        for key, checks in _ours_as_acro(cells, "sum").items():
+            if key in theirs:
+                assert checks == theirs[key], (key, checks, theirs[key])
+                compared += 1
+    assert compared >= 0.9 * 60 * 16
+    margin_keys = [k for k in theirs if "All" in k]
+    assert any(theirs[k] for k in margin_keys) and any(not theirs[k] for k in margin_keys)
 
 
 def test_stacked_tables_give_the_same_decisions_as_tables_one_by_one(acro_results: dict) -> None:

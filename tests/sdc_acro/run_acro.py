@@ -19,19 +19,22 @@ import importlib.metadata
 import json
 import logging
 import sys
+from typing import Any
 
 import pandas as pd
-from acro import ACRO
 
-logging.disable(logging.CRITICAL)
+# ``acro`` is imported inside main(): this file lives in the test tree, where pytest's
+# --doctest-modules imports it under our own venv (which has no acro).
 
 
-def outcomes(acro: ACRO, frame: pd.DataFrame, aggfunc: str) -> dict[str, list[str]]:
+def outcomes(
+    acro: Any, frame: pd.DataFrame, aggfunc: str, margins: bool = False
+) -> dict[str, list[str]]:
     rows = [frame["id"], frame["row"]]
     if aggfunc == "count":
-        acro.crosstab(rows, frame["col"])
-    elif aggfunc == "sum":
-        acro.crosstab(rows, frame["col"], values=frame["value"], aggfunc="sum")
+        acro.crosstab(rows, frame["col"], margins=margins)
+    elif aggfunc in ("sum", "mean"):
+        acro.crosstab(rows, frame["col"], values=frame["value"], aggfunc=aggfunc, margins=margins)
     else:
         acro.pivot_table(frame, index=["id", "row"], columns="col", values="value", aggfunc=aggfunc)
     result = acro.results.results[list(acro.results.results)[-1]]
@@ -61,6 +64,9 @@ def stacked(tables: list[dict], rows: list[str], cols: list[str]) -> pd.DataFram
 
 
 def main() -> None:
+    from acro import ACRO
+
+    logging.disable(logging.CRITICAL)
     job = json.load(sys.stdin)
     result: dict = {"version": importlib.metadata.version("acro"), "runs": {}, "single": {}}
     for run in job["runs"]:
@@ -68,6 +74,16 @@ def main() -> None:
         acro.config.update(run["settings"])
         acro.sdc_checks.risk_appetite.update(run["settings"])
         frame = stacked(run["tables"], job["rows"], job["cols"])
+        margins = bool(run.get("margins", False))
+        if margins:
+            # Margins span the table id too, so each table is crosstabbed on its own.
+            out: dict[str, list[str]] = {}
+            for t in run["tables"]:
+                one = outcomes(acro, stacked([t], job["rows"], job["cols"]), run["aggfunc"], True)
+                # The grand-total row has no table id ("All||col"): put it back.
+                out.update({k.replace("All||", f"{t['id']}|All|"): v for k, v in one.items()})
+            result["runs"][run["name"]] = out
+            continue
         result["runs"][run["name"]] = outcomes(acro, frame, run["aggfunc"])
         single: dict[str, list[str]] = {}
         for t in run["tables"][: job.get("n_single", 0)]:
