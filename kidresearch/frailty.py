@@ -45,7 +45,6 @@ import ibis
 import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
-from ibis import _
 
 from kidresearch.errors import DroppedRowsWarning, KidError
 
@@ -677,14 +676,19 @@ def _trend_deltas(
     moves = moves.mutate(delta=moves.delta.cast("int32"))
     moves = moves.group_by(["person_id", "substance", "idx"]).aggregate(delta=moves.delta.sum())
     w_sub = ibis.window(group_by=["person_id", "substance"], order_by="idx", rows=(None, 0))
-    w_lag = ibis.window(group_by=["person_id", "substance"], order_by="idx")
-    moves = moves.mutate(active=(moves.delta.sum().over(w_sub) > 0).cast("int32"))
-    moves = moves.mutate(change=moves.active - moves.active.lag().over(w_lag).fill_null(0))
+    running = moves.delta.sum().over(w_sub)
+    # Active after this change vs before it (running - delta): one window, no lag.
+    moves = moves.mutate(
+        change=(running > 0).cast("int32") - ((running - moves.delta) > 0).cast("int32")
+    )
     substance_events = moves.filter(moves.change != 0).select(
         "person_id", "idx", d_def=zero, d_sub=moves.change.cast("int32")
     )
 
     entry_events = people.select("person_id", idx=people.entry, d_def=zero, d_sub=zero)
+    exit_events = people.filter(people.exit < n).select(
+        "person_id", idx=people.exit, d_def=zero, d_sub=zero
+    )
     # Birthdays that move a person into the next 5-year band while in the window.
     max_crossings = (n * periods.step) // 60 + 2
     steps = ibis.memtable({"j": np.arange(1, max_crossings + 1, dtype="int32")})
@@ -708,7 +712,7 @@ def _trend_deltas(
             d_def=t.d_def.cast("int32"),
             d_sub=t.d_sub.cast("int32"),
         )
-        for t in (deficit_events, substance_events, entry_events, band_events)
+        for t in (deficit_events, substance_events, entry_events, exit_events, band_events)
     ]
     events = parts[0].union(*parts[1:], distinct=False)
     events = events.filter(events.idx < n)
@@ -719,25 +723,40 @@ def _trend_deltas(
     events = events.mutate(
         n_def=events.d_def.sum().over(w_person), n_sub=events.d_sub.sum().over(w_person)
     )
+    # At each change point a person leaves the stratum of their state just before it (band
+    # of the previous period, counts before this point's changes) and joins the stratum of
+    # their new state: -1 and +1. Entry only joins; exit only leaves.
     state = events.join(people, "person_id")
-    state = state.filter((state.idx >= state.entry) & (state.idx < state.exit))
-    w_next = ibis.window(group_by="person_id", order_by="idx")
-    count = state.n_def + (state.n_sub >= POLYPHARMACY_MIN_DRUGS).cast("int32")
-    age = (periods.first_month + state.idx * periods.step - state.born) // 12
-    segments = state.select(
+    state = state.filter((state.idx >= state.entry) & (state.idx <= state.exit))
+
+    def band_at(idx: ir.IntegerValue) -> ir.IntegerValue:
+        age = (periods.first_month + idx * periods.step - state.born) // 12
+        return ibis.least(ibis.greatest(age, 0) // 5, ESP2013_BAND_COUNT - 1).cast("int32")
+
+    def category_of(n_def: ir.IntegerValue, n_sub: ir.IntegerValue) -> ir.IntegerValue:
+        count = n_def + (n_sub >= POLYPHARMACY_MIN_DRUGS).cast("int32")
+        return _category_expr(count).cast("int32")
+
+    joins = state.filter(state.idx < state.exit).select(
         "by_value",
         "sex",
-        start=state.idx,
-        stop=state.idx.lead().over(w_next).fill_null(state.exit),
-        band=ibis.least(ibis.greatest(age, 0) // 5, ESP2013_BAND_COUNT - 1).cast("int32"),
-        category=_category_expr(count).cast("int32"),
+        "idx",
+        band=band_at(state.idx),
+        category=category_of(state.n_def, state.n_sub),
+        change=ibis.literal(1, type="int64"),
     )
-    segments = segments.filter(segments.band >= min_band)
-    keys = ["by_value", "sex", "band", "category"]
-    plus = segments.group_by([*keys, segments.start.name("idx")]).aggregate(change=_.count())
-    ends = segments.filter(segments.stop < n)
-    minus = ends.group_by([*keys, ends.stop.name("idx")]).aggregate(change=-_.count())
-    return plus.union(minus, distinct=False)
+    leaves = state.filter(state.idx > state.entry).select(
+        "by_value",
+        "sex",
+        "idx",
+        band=band_at(state.idx - 1),
+        category=category_of(state.n_def - state.d_def, state.n_sub - state.d_sub),
+        change=ibis.literal(-1, type="int64"),
+    )
+    moves_all = joins.union(leaves, distinct=False)
+    moves_all = moves_all.filter(moves_all.band >= min_band)
+    keys = ["by_value", "sex", "band", "category", "idx"]
+    return moves_all.group_by(keys).aggregate(change=moves_all.change.sum())
 
 
 def _incomplete_months(kid: KIDLike, dates: Sequence[dt.date]) -> np.ndarray:
