@@ -763,6 +763,22 @@ def _collect_outputs(
     return outputs
 
 
+def _audit_refusal(
+    proposal_id: str, data: str | os.PathLike[str] | None, detail: dict[str, Any]
+) -> None:
+    """Write a refusal to the KID's audit log, when a KID folder is known."""
+    from kidresearch.audit import AuditLog
+    from kidresearch.config import resolve_data
+
+    try:
+        folder = resolve_data(data)
+    except ProposalError:
+        log.warning("refusal not audited (no KID folder): %s", detail["message"])
+        return
+    if folder.is_dir():
+        AuditLog(folder).append(proposal_id, "refused", detail)
+
+
 def run(
     proposal: str | os.PathLike[str],
     *,
@@ -812,7 +828,8 @@ def run(
         The proposal is invalid or expired, approves no notebooks, a notebook file is missing,
         or a reserved parameter was given.
     AccessRefused
-        A requested notebook is not approved by the proposal.
+        A requested notebook is not approved by the proposal (written to the KID's audit log
+        when the KID folder is known).
     """
     import nbformat
     import papermill as pm
@@ -828,10 +845,12 @@ def run(
         wanted = [_nb_name(n) for n in notebooks]
         refused = [n for n in wanted if n not in prop.notebooks]
         if refused:
-            raise AccessRefused(
+            err = AccessRefused(
                 f"Proposal '{prop.id}' ({prop.path}) does not approve notebook(s) "
                 f"{', '.join(refused)}; it approves: {', '.join(prop.notebooks)}"
             )
+            _audit_refusal(prop.id, data, {"reason": "notebook_not_approved", "message": str(err)})
+            raise err
     else:
         wanted = list(prop.notebooks)
     user_params = {k: _coerce(v) for k, v in (parameters or {}).items()}

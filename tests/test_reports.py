@@ -135,12 +135,27 @@ def test_a_missing_approved_notebook_is_reported_and_the_others_still_run(tmp_pa
 
 
 # ------------------------------------------------------------------------------- refusals
-def test_unapproved_notebook_is_refused(tmp_path):
+def test_unapproved_notebook_is_refused_and_audited(tmp_path):
+    from kidresearch import audit
+
+    kid_dir = tmp_path / "kid"
+    kid_dir.mkdir()
+    out = tmp_path / "reports"
     with pytest.raises(
         AccessRefused, match=r"does not approve notebook\(s\) secret_analysis.ipynb"
     ):
-        reports.run(PROPOSAL, notebooks=["secret_analysis"], out=tmp_path, notebook_dir=NOTEBOOKS)
-    assert not any(tmp_path.iterdir())
+        reports.run(
+            PROPOSAL,
+            notebooks=["secret_analysis"],
+            data=kid_dir,
+            out=out,
+            notebook_dir=NOTEBOOKS,
+        )
+    assert not out.exists()
+    logged = audit.show(kid_dir)
+    assert list(logged["action"]) == ["refused"]
+    assert list(logged["proposal"]) == ["test-reports-001"]
+    assert audit.verify(kid_dir).ok
 
 
 def test_cli_refusal_exit_code_is_5(tmp_path, capsys):
