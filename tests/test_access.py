@@ -678,7 +678,7 @@ def test_demo_kid_65plus_population_and_emergency_admissions_match_pandas(
     spells = spells[
         spells.is_emergency
         & spells.person_id.isin(population.person_id)
-        & (when >= pd.Timestamp(start))
+        & (when >= pd.Timestamp(prop.study_period.lookback_start or start))
         & (when <= pd.Timestamp(end))
     ]
     with connect(prop, built_demo_kid, user="ci") as session:
