@@ -900,15 +900,15 @@ def run(
             stem = Path(name).with_suffix("").as_posix().replace("/", "__")
             if not src.is_file():
                 # Reported like a failing notebook: the proposal's other notebooks still run.
-                error = f"ReportError: approved notebook {src} does not exist"
-                log.warning("proposal %s: %s", prop.id, error)
+                not_found = f"ReportError: approved notebook {src} does not exist"
+                log.warning("proposal %s: %s", prop.id, not_found)
                 nb_entries.append(
                     {
                         "notebook": name,
                         "source": str(src),
                         "sha256": None,
                         "status": "error",
-                        "error": error,
+                        "error": not_found,
                         "seconds": 0.0,
                         "executed": None,
                         "html": None,
@@ -950,7 +950,7 @@ def run(
                 )
             except pm.PapermillExecutionError as exc:
                 error = f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
-            except Exception as exc:
+            except Exception as exc:  # any failure (kernel died, bad file) fails this notebook only
                 error = f"{type(exc).__name__}: {exc}"
             seconds = time.perf_counter() - t0
             ok = error is None
@@ -973,7 +973,7 @@ def run(
                         executed, run_dir / "html", commissioner=ok
                     ).items():
                         entry[key] = f"html/{file}"
-                except Exception as exc:
+                except Exception as exc:  # report the export failure, keep the batch going
                     entry["status"] = "error"
                     entry["error"] = (error + "; " if error else "") + f"HTML export failed: {exc}"
                     ok = False
