@@ -9,7 +9,9 @@ the "Bridges to Health" model*. Milbank Quarterly 2007;85(2):185-208), with each
 code list written down here and in ``kidresearch/data/segment_codes.csv``.
 
 Every person alive and registered on ``at`` gets exactly one segment, by the first rule that
-applies in this order (most to least need; records dated on or before ``at`` only):
+applies in this order (most to least need; records dated on or before ``at`` only; a window
+of "the 90 days up to ``at``" runs from ``at`` minus 90 days to ``at``, both included, and
+month windows likewise from the same day ``k`` months earlier):
 
 =====================  ====================================================================
 segment                rule
@@ -243,7 +245,7 @@ def segments_query(kid: KIDLike, at: dt.date, *, codes: pd.DataFrame | None = No
     ip = kid.table("inpatient_spells")
     em = ip.filter(ip.is_emergency & (ip.admission_date <= lit))
     emergency = em.group_by("person_id").aggregate(
-        emergency_12m=(em.admission_date > ibis.literal(fh_from)).sum(),
+        emergency_12m=(em.admission_date >= ibis.literal(fh_from)).sum(),
         last_emergency=em.admission_date.max(),
     )
     ae = kid.table("ae_attendances")
@@ -267,7 +269,7 @@ def segments_query(kid: KIDLike, at: dt.date, *, codes: pd.DataFrame | None = No
     joined = joined.left_join(lsoas, "lsoa_code").drop("lsoa_code_right")
 
     def recent(col: ir.DateValue, since: dt.date) -> ir.BooleanValue:
-        return (col > ibis.literal(since)).fill_null(False)
+        return (col >= ibis.literal(since)).fill_null(False)
 
     is_eol = (joined.hospice_episodes.fill_null(0) > 0) | recent(joined.last_palliative, eol_from)
     is_frail = joined.deficit_count >= EFI_FRAILTY_MIN_DEFICITS
