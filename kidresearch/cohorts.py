@@ -1347,6 +1347,9 @@ BASELINE_COVARIATES = (
     "prescriptions_12m",
     "emergency_admissions_prior_12m",
     "ae_attendances_prior_12m",
+    "emergency_admissions_lookback",
+    "ae_attendances_lookback",
+    "gp_events_lookback",
 )
 
 _DAYS_PER_MONTH = 365.25 / 12
@@ -1357,7 +1360,7 @@ class CohortStudy:
     """People exposed to a programme and candidate controls, one row per person and index date.
 
     ``data`` has ``person_id``, ``index_date`` (enrolment date for the treated; for controls a
-    date drawn from the treated people's enrolment dates), ``index_month``, the 0/1
+    date drawn from the treated people's enrolment dates, before any enrolment of their own), ``index_month``, the 0/1
     ``treatment`` column, the baseline ``covariates`` (measured before the index date), the
     ``outcomes`` (counted from the index date for ``follow_up_months``) and
     ``follow_up_days`` (days observed: to the end of follow-up, death, leaving Kent or the
@@ -1452,12 +1455,12 @@ def cohort_study(
     quintile of the LSOA (1 = most deprived), the number of distinct eFI deficits coded in the
     ``lookback`` window (Clegg et al. 2016 code list, ``kidresearch.frailty``), coded GP
     events, prescription issues, emergency admissions and A&E attendances in the 12 months
-    before. Deficits coded before the proposal's visible history (``study_period.start``, or
+    before, and GP events, emergency admissions and A&E attendances over the ``lookback``. Deficits coded before the proposal's visible history (``study_period.start``, or
     ``lookback_start`` when approved) cannot be seen: approve a lookback for a full eFI. Treated people
     not eligible on their enrolment date (younger than ``min_age``, not registered, dead) are
     left out with a :class:`~kidresearch.errors.DroppedRowsWarning` giving the count. People
-    enrolled later are never controls (a simplification: they are a little sicker than other
-    never-enrolled people, which makes the comparison conservative for a beneficial effect).
+    enrolled later can be controls at a drawn date before their enrolment; their follow-up may
+    then include some time after enrolment (contamination towards no effect).
     """
     import ibis
 
@@ -1498,9 +1501,14 @@ def cohort_study(
 
     first["index_date"] = _as_dates(first["index_date"])
     treated = persons.merge(first, on="person_id", how="inner")
-    controls = persons[~persons["person_id"].isin(first["person_id"])].copy()
+    # Every person is a candidate control at a drawn date, as long as they are not yet enrolled
+    # then ("not yet treated", as in sequential trial emulation): dropping people enrolled later
+    # from the pool would leave controls healthier than the people they stand for.
+    controls = persons.copy()
     rng = np.random.default_rng(seed)
     controls["index_date"] = rng.choice(first["index_date"].to_numpy(), size=len(controls))
+    enrolled_on = controls["person_id"].map(first.set_index("person_id")["index_date"])
+    controls = controls[enrolled_on.isna() | (enrolled_on > controls["index_date"])].copy()
     treated["treated"] = 1
     controls["treated"] = 0
     cohort = pd.concat([treated, controls], ignore_index=True)
@@ -1571,6 +1579,9 @@ def cohort_study(
                 "emergency_admissions_prior_12m": lambda j: n_in(
                     j, "admission_date", "prior_12m_start", "index_date", "is_emergency"
                 ),
+                "emergency_admissions_lookback": lambda j: n_in(
+                    j, "admission_date", "lookback_start", "index_date", "is_emergency"
+                ),
                 "emergency_admissions": lambda j: n_in(
                     j, "admission_date", "index_date", "follow_up_end", "is_emergency"
                 ),
@@ -1578,7 +1589,7 @@ def cohort_study(
                     j, "admission_date", "index_date", "follow_up_end", "is_elective"
                 ),
             },
-            "prior_12m_start",
+            "lookback_start",
         ),
         counts(
             "ae_attendances",
@@ -1587,9 +1598,12 @@ def cohort_study(
                 "ae_attendances_prior_12m": lambda j: n_in(
                     j, "arrival_date", "prior_12m_start", "index_date"
                 ),
+                "ae_attendances_lookback": lambda j: n_in(
+                    j, "arrival_date", "lookback_start", "index_date"
+                ),
                 "ae_attendances": lambda j: n_in(j, "arrival_date", "index_date", "follow_up_end"),
             },
-            "prior_12m_start",
+            "lookback_start",
         ),
         counts(
             "prescriptions",
@@ -1622,7 +1636,8 @@ def cohort_study(
     parts.append(
         kid.to_pandas(
             gp_win.group_by("row_id").aggregate(
-                gp_events_12m=(gp_win.event_date >= gp_win.prior_12m_start).cast("int64").sum()
+                gp_events_12m=(gp_win.event_date >= gp_win.prior_12m_start).cast("int64").sum(),
+                gp_events_lookback=gp_win.count(),
             )
         )
     )
@@ -1641,6 +1656,9 @@ def cohort_study(
         "prescriptions_12m",
         "efi_deficits",
         "gp_events_12m",
+        "emergency_admissions_lookback",
+        "ae_attendances_lookback",
+        "gp_events_lookback",
     ]
     cohort[count_cols] = cohort[count_cols].fillna(0).astype(np.int64)
     if "cost_gbp" in outcomes:
