@@ -100,12 +100,49 @@ def acsc_check(out: Path) -> dict:
         if k / n > upper:
             flagged_found.add(practice)
     tp = len(flagged_found & flagged)
+    # Second measure: ACSC admissions per registered population, indirectly standardised for
+    # age band and sex (population registered on the mid-period date), 99.8% Poisson limits.
+    strata = con.execute(
+        """
+        WITH people AS (
+            SELECT r.nhs, r.practice_code,
+                   least(floor(date_diff('year', d.date_of_birth, DATE '2024-05-01') / 10), 9)
+                       AS band, d.sex
+            FROM reg r JOIN (
+                SELECT regexp_replace(nhs_number, '[ -]', '', 'g') AS nhs,
+                       any_value(date_of_birth) AS date_of_birth, any_value(sex) AS sex
+                FROM read_parquet('{raw}/registrations/*.parquet') GROUP BY 1
+            ) d ON r.nhs = d.nhs
+            WHERE DATE '2024-05-01' BETWEEN r.registration_start AND r.reg_end
+        ), obs AS (
+            SELECT p.practice_code, p.band, p.sex, count(*) AS people,
+                   coalesce(sum(a.k), 0) AS acsc
+            FROM people p LEFT JOIN (
+                SELECT nhs, sum(acsc::INT) AS k FROM spells GROUP BY 1
+            ) a ON p.nhs = a.nhs
+            GROUP BY ALL
+        ), rates AS (
+            SELECT band, sex, sum(acsc) / sum(people) AS rate FROM obs GROUP BY ALL
+        )
+        SELECT o.practice_code, sum(o.acsc) AS observed, sum(o.people * r.rate) AS expected
+        FROM obs o JOIN rates r USING (band, sex) GROUP BY 1
+        """.replace("{raw}", str(raw))
+    ).fetchall()
+    isr_found = {p for p, o, e in strata if o > e + 3.09 * e**0.5}
+    tp_isr = len(isr_found & flagged)
     return {
         "practices": len(rows),
         "true_acsc_practices": len(flagged),
-        "flagged": len(flagged_found),
-        "precision": tp / len(flagged_found) if flagged_found else float("nan"),
-        "recall": tp / len(flagged) if flagged else float("nan"),
+        "share_funnel": {
+            "flagged": len(flagged_found),
+            "precision": tp / len(flagged_found) if flagged_found else float("nan"),
+            "recall": tp / len(flagged) if flagged else float("nan"),
+        },
+        "age_sex_isr_funnel": {
+            "flagged": len(isr_found),
+            "precision": tp_isr / len(isr_found) if isr_found else float("nan"),
+            "recall": tp_isr / len(flagged) if flagged else float("nan"),
+        },
     }
 
 

@@ -112,6 +112,7 @@ class Reference:
     """Code lists and unit costs the generator uses (loaded once per process)."""
 
     deficit_codes: list[np.ndarray]  # per coded deficit (DEFICITS order): its SNOMED codes
+    ltc_codes: dict[str, str]  # other conditions (ltc_codes.csv): condition -> SNOMED code
     consultation_codes: np.ndarray
     consultation_p: np.ndarray
     drug_code: np.ndarray  # per drug slot (35 deficits + background); "" when none
@@ -150,6 +151,11 @@ class Reference:
         }
         return cls(
             deficit_codes=codes,
+            ltc_codes=dict(
+                load("ltc_codes", dtype={"snomed_code": str})[
+                    ["condition", "snomed_code"]
+                ].itertuples(index=False, name=None)
+            ),
             consultation_codes=gp.snomed_code.to_numpy(dtype=str),
             consultation_p=(gp.weight / gp.weight.sum()).to_numpy(),
             drug_code=np.array([r.bnf_code if r is not None else "" for r in drug_rows]),
@@ -800,18 +806,69 @@ class ChunkSimulator:
             len(ref.consultation_codes), size=len(cp), p=ref.consultation_p
         )
         self.gp_consult_pid, self.gp_consult_day = cp, cd
-        pid = np.concatenate([pi, r_pid, cp])
-        days = np.concatenate([day, r_day, cd])
-        codes = np.concatenate([code, r_code, c_code])
+        l_pid, l_day, l_code, ltc_labels = self._other_conditions(end)
+        l_code = len(flat) + len(ref.consultation_codes) + l_code
+        pid = np.concatenate([pi, r_pid, cp, l_pid])
+        days = np.concatenate([day, r_day, cd, l_day])
+        codes = np.concatenate([code, r_code, c_code, l_code])
         practice = self._practice_on(pid, np.maximum(days, p.reg_start[pid]))
         _add(self.truth.counts, "gp_deficit_codings", int(len(pi) + len(r_pid)))
         _add(self.truth.counts, "gp_consultations", int(len(cp)))
         cols = {
             "practice_code": categorical(self.geo.practice_code, practice),
             "event_date": days,
-            "snomed_code": categorical(np.concatenate([flat, ref.consultation_codes]), codes),
+            "snomed_code": categorical(
+                np.concatenate([flat, ref.consultation_codes, ltc_labels]), codes
+            ),
         }
         return self._rows(cols, pid, days)
+
+    def _other_conditions(self, end: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Codes of conditions outside the eFI (ltc_codes.csv): cancer (all who die of cancer,
+        plus an age-related incidence), palliative care before death, intellectual disability,
+        pregnancy, cirrhosis, end-stage renal disease after CKD. First record date = onset;
+        history before registration arrives with the registration like other codes."""
+        p, rng, cal = self.p, self.rng, self.cal
+        names = ["cancer", "palliative_care", "intellectual_disability", "pregnancy"]
+        names += ["cirrhosis", "end_stage_renal_disease"]
+        labels = np.array([self.ref.ltc_codes[nm] for nm in names])
+        n = p.n
+        age0 = (cal.start_day - p.dob) / DAYS_PER_YEAR
+        out_pid, out_day, out_code = [], [], []
+
+        def emit(who: np.ndarray, day: np.ndarray, code: int) -> None:
+            keep = day < end[who]
+            out_pid.append(who[keep])
+            out_day.append(day[keep].astype(np.int64))
+            out_code.append(np.full(int(keep.sum()), code))
+
+        dead = np.flatnonzero(p.death_day >= 0)
+        cancer_death = np.char.startswith(self.death_cause.labels, "C")[self.death_cause.codes]
+        adult = p.dob + 18 * DAYS_PER_YEAR
+        who = dead[cancer_death]
+        emit(who, np.maximum(adult[who], p.death_day[who] - rng.integers(60, 1000, len(who))), 0)
+        other = np.flatnonzero(rng.random(n) < np.clip(0.0012 * (age0 - 30), 0, 0.2))
+        span = cal.end_day_excl - (cal.start_day - 5 * 365)
+        onset = cal.start_day - 5 * 365 + np.floor(rng.random(len(other)) * span)
+        emit(other, np.maximum(onset, adult[other]), 0)
+        pall = dead[rng.random(len(dead)) < np.where(cancer_death, 0.7, 0.3)]
+        emit(pall, p.death_day[pall] - rng.integers(14, 180, len(pall)), 1)
+        idis = np.flatnonzero(rng.random(n) < 0.005)
+        emit(idis, p.dob[idis] + 5 * 365, 2)
+        women = np.flatnonzero(~p.male & (age0 >= 14) & (age0 < 42))
+        preg = women[rng.random(len(women)) < 0.25]
+        emit(preg, self.uniform_days(np.maximum(p.reg_start[preg], cal.start_day), end[preg]), 3)
+        cirr = np.flatnonzero((age0 >= 40) & (rng.random(n) < 0.004))
+        emit(cirr, cal.start_day - 5 * 365 + np.floor(rng.random(len(cirr)) * span), 4)
+        ckd = DEFICITS.index(next(d for d in DEFICITS if d[0] == "chronic_kidney_disease"))
+        has_ckd = np.flatnonzero(np.isfinite(p.deficit_onset[:, ckd]) & (rng.random(n) < 0.03))
+        esrd = p.deficit_onset[has_ckd, ckd] + rng.integers(365, 8 * 365, len(has_ckd))
+        emit(has_ckd, esrd, 5)
+        pid = np.concatenate(out_pid)
+        day = np.concatenate(out_day)
+        code = np.concatenate(out_code)
+        _add(self.truth.counts, "gp_other_condition_codings", len(pid))
+        return pid, day, code, labels
 
     def prescriptions(self) -> FeedRows:
         p, rng, cal, ref = self.p, self.rng, self.cal, self.ref
