@@ -11,7 +11,10 @@ Prints (never asserts) wall times, peak memory and time ratios measured in the s
    with a loose agreement check (propensity scores, share of identical pairs: 4.5.1 does not apply
    the caliper and breaks ties differently from 4.7, see docs/matching.md);
 3. psmpy 0.3.16 (from a scratch venv, default /tmp/psmpy-venv) at 1,000 x 30,000, one run,
-   timing ``logistic_ps`` + ``kdtree_matched``, against ours on the same rows.
+   timing ``logistic_ps`` + ``kdtree_matched``, against ours on the same rows;
+4. with ``--kent-kid DIR --truth truth.json``: ``cohort_study`` on a built Kent-scale KID for
+   both programmes (time to build the cohort and match, matched vs naive rate ratio against the
+   generator's truth, largest |SMD| after matching).
 
 Usage::
 
@@ -237,7 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-r", action="store_true")
     parser.add_argument("--skip-psmpy", action="store_true")
     parser.add_argument("--psmpy-python", default="/tmp/psmpy-venv/bin/python")
+    parser.add_argument("--kent-kid", help="a built KID folder for the cohort_study check")
+    parser.add_argument("--truth", help="the generator's truth.json for --kent-kid")
+    parser.add_argument("--proposal", default="proposals/programme-evaluation.yaml")
+    parser.add_argument("--only-kent", action="store_true", help="run only the cohort check")
     args = parser.parse_args(argv)
+    if args.only_kent:
+        bench_kent_cohorts(args.kent_kid, args.truth, args.proposal)
+        return
 
     n1, n0 = (5_000, 150_000) if args.quick else (50_000, 1_500_000)
     print(f"kidresearch.cohorts.match, 1:1 nearest, logistic PS, caliper 0.2 SD, {n1:,} x {n0:,}")
@@ -274,7 +284,57 @@ def main(argv: list[str] | None = None) -> None:
                 f"  skipped: {args.psmpy_python} not found "
                 "(python3 -m venv /tmp/psmpy-venv && /tmp/psmpy-venv/bin/pip install psmpy)"
             )
+    if args.kent_kid:
+        bench_kent_cohorts(args.kent_kid, args.truth, args.proposal)
     sys.stdout.flush()
+
+
+def bench_kent_cohorts(kid_dir: str, truth_path: str | None, proposal: str) -> None:
+    """cohort_study + 3:1 matching on a Kent-scale KID against the generator's truth."""
+    import json
+
+    from kidresearch.access import connect
+    from kidresearch.cohorts import cohort_study
+
+    truth = json.loads(Path(truth_path).read_text())["programmes"] if truth_path else {}
+    print(f"cohort_study on {kid_dir} ({proposal})")
+    with connect(proposal, kid_dir, user="bench-matching") as kid:
+        for programme, outcome, true_rr in (
+            (
+                "integrated_frailty_team",
+                "emergency_admissions",
+                truth.get("integrated_frailty_team", {}).get("realised_rate_ratio"),
+            ),
+            (
+                "safe_and_well_visit",
+                "ae_attendances",
+                truth.get("safe_and_well_visit", {}).get("ae_rate_ratio"),
+            ),
+        ):
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                study = cohort_study(kid, programme=programme, outcomes=[outcome])
+                built = time.perf_counter() - start
+                result = study.match(ratio=3)
+            matched = time.perf_counter() - start - built
+            effect = result.estimate(outcome, model="poisson")
+            data = study.data
+            naive = (
+                data.loc[data.treated == 1, outcome].mean()
+                / data.loc[data.treated == 0, outcome].mean()
+            )
+            balance = result.balance().table.drop(index="distance")
+            print(
+                f"  {programme}: {int(data.treated.sum()):,} treated, "
+                f"{int((data.treated == 0).sum()):,} candidates; cohort {built:.1f} s, "
+                f"match {matched:.1f} s"
+            )
+            print(
+                f"    matched RR {effect.estimate:.3f} ({effect.conf_low:.3f}-"
+                f"{effect.conf_high:.3f}), p={effect.p_value:.3g}; naive RR {naive:.3f}; "
+                f"truth {true_rr}; max |SMD| after {balance['smd_after'].abs().max():.3f}"
+            )
 
 
 if __name__ == "__main__":
