@@ -14,7 +14,8 @@ joins working, DuckDB and Spark give identical ids, and two proposals never shar
 
 Anything beyond the proposal is refused with :class:`~kidresearch.errors.AccessRefused` (or
 :class:`~kidresearch.errors.ProposalError` for an invalid, expired or not-yet-valid proposal) and
-written to the audit log (:mod:`kidresearch.audit`), as are every connect, table access and query.
+written to the audit log (:mod:`kidresearch.audit`), as are every connect, table access, query
+and fetched result (with its row count).
 ``kid.sql`` accepts one SELECT (CTEs and set operations allowed) in DuckDB's SQL dialect over the
 session's tables only; DuckDB sessions also switch off file access outside the KID version's
 tables folder and lock the configuration, so a query that slipped past the parser still cannot
@@ -79,8 +80,10 @@ __all__ = [
     "StudyPeriod",
     "check_sql",
     "connect",
+    "fingerprint",
     "load_proposal",
     "proposal_key",
+    "rekey",
     "spark_session",
 ]
 
@@ -90,15 +93,6 @@ PSEUDONYM_HEX = 20
 #: Tables without a person and date: shared reference data, never filtered or re-keyed.
 REFERENCE = ("practices", "lsoas")
 SECRET_NAME = "proposal_secret"
-OUTPUT_POLICY_KEYS = (
-    "threshold",
-    "rounding",
-    "dominance_n",
-    "dominance_k",
-    "p_ratio",
-    "min_dof",
-    "preset",
-)
 _ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,63}$"
 
 
