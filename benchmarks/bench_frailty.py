@@ -93,6 +93,26 @@ def ensure_kid(preset: str) -> tuple[Path, Path, Path]:
     return kid, synth / "truth.json", proposal
 
 
+class ParquetSession:
+    """Ibis tables straight over a built KID version's Parquet files (no access layer).
+
+    Used beside ``kidresearch.connect`` to separate the recipes' own cost from the access
+    layer's (per-proposal pseudonyms are recomputed row by row in its views).
+    """
+
+    def __init__(self, kid_dir: Path) -> None:
+        import ibis
+
+        version = (kid_dir / "CURRENT").read_text().strip()
+        self._root = kid_dir / "versions" / version / "tables"
+        self._con = ibis.duckdb.connect()
+
+    def table(self, name: str):
+        folder = self._root / name
+        pattern = str(folder / "**" / "*.parquet")
+        return self._con.read_parquet(pattern, table_name=name, hive_partitioning=False)
+
+
 class PeakRSS:
     """Peak resident memory of this process (incl. DuckDB's native memory) while running."""
 
@@ -146,8 +166,20 @@ def main() -> None:
     kid = kidresearch.connect(proposal, data=kid_dir, user="benchmark")
     persons = kid.table("persons")
     say(f"{args.preset}: {persons.count().to_pandas():,} persons in the research KID")
+    say(f"machine load average (1, 5, 15 min): {psutil.getloadavg()}, cores: {psutil.cpu_count()}")
     period = truth["period"]
     at = "2024-11-01"
+    bare = ParquetSession(kid_dir)
+    timed(
+        f"frailty.efi at {at}, directly on the Parquet files (no access layer)",
+        lambda: frailty.efi(bare, at),
+        args.repeat,
+    )
+    timed(
+        f"frailty.trend monthly {period['start']} to {period['end']}, directly on Parquet",
+        lambda: frailty.trend(bare, period["start"], period["end"]),
+        args.repeat,
+    )
 
     result = timed(f"frailty.efi at {at}", lambda: frailty.efi(kid, at), args.repeat)
     say(f"  people alive and registered: {len(result.frame):,}")

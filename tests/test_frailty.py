@@ -369,3 +369,13 @@ def test_mortality_hazard_ratios_on_the_demo_kid_cover_the_truth(demo_session, d
         row = frame.loc[category]
         assert row.hr_lower < true_hr[category] < row.hr_upper, (category, row.hr)
     assert frame.loc["mild", "hr"] < frame.loc["moderate", "hr"] < frame.loc["severe", "hr"]
+
+
+def test_trend_result_summary_plot_and_html(fake):
+    trend = frailty.trend(fake, "2020-01-01", "2020-12-31", freq="month", by="imd_quintile")
+    summary = trend.summary()
+    assert {"period", "imd_quintile", "category", "people", "people_status"} <= set(summary.columns)
+    assert (summary.people.dropna() >= 10).all() and summary.people.isna().any()
+    assert len(summary) == len(trend.frame)
+    assert trend.plot().get_title() == "eFI category prevalence, age 65+"
+    assert "eFI trend" in trend._repr_html_()
