@@ -23,7 +23,7 @@ demo: $(BIN)/kid
 	$(BIN)/kid demo --out $(DEMO) --seed $(SEED)
 
 test: $(BIN)/kid
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(BIN)/kid
 	$(BIN)/ruff check .
