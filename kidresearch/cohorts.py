@@ -848,6 +848,10 @@ class MatchResult:
             out["distance"] = self.distance[keep]
         return out
 
+    def to_frame(self) -> pd.DataFrame:
+        """A copy of the matched rows with ``weights``, ``subclass`` and ``distance``."""
+        return self.matched.copy()
+
     def summary(self) -> pd.DataFrame:
         """Sample sizes per group as MatchIt's summary: all, matched, ESS, unmatched, discarded.
 
@@ -1188,11 +1192,18 @@ def match(
             keys = _coarsen(data.reset_index(drop=True), keys_cols, cutpoints)
         subclass = _exact_subclasses(keys, t)
         weights = _subclass_weights(subclass, t, estimand)
-        n_t = int(((weights > 0) & (t == 1)).sum())
-        if n_t < int(t.sum()):
-            logger.info(
-                "%s: %d of %d treated rows found no match", method, int(t.sum()) - n_t, int(t.sum())
-            )
+        for group, label in ((1, "treated"), (0, "control")):
+            n_group = int((t == group).sum())
+            n_matched = int(((weights > 0) & (t == group)).sum())
+            if n_matched < n_group:
+                warnings.warn(
+                    f"{method}: {n_group - n_matched} of {n_group} {label} rows share no "
+                    "stratum with the other group; they are left out of .matched and counted "
+                    "in .summary().",
+                    DroppedRowsWarning,
+                    stacklevel=2,
+                )
+
         return MatchResult(
             data=data,
             treatment=treatment,
@@ -1269,7 +1280,6 @@ def match(
         )
 
     if is_mahalanobis:
-        x_bal, _ = _covariate_frames(data, covariates)
         matches = _nearest_mahalanobis(
             model_x.to_numpy(dtype=float),
             t_focal,
@@ -1278,7 +1288,6 @@ def match(
             strata=strata,
             order=order,
         )
-        del x_bal
     else:
         assert score is not None
         matches = _nearest_1d(

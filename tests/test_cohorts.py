@@ -223,7 +223,8 @@ def test_exact_matching_weights_by_hand() -> None:
             "sex": ["f", "f", "f", "m", "m", "m", "x"],
         }
     )
-    result = match(toy, "treat", ["sex"], method="exact")
+    with pytest.warns(DroppedRowsWarning, match="exact: 1 of 4 treated rows share no stratum"):
+        result = match(toy, "treat", ["sex"], method="exact")
     # f: 1 treated, 2 controls -> controls 1/2 each; m: 2 treated, 1 control -> control 2;
     # x: no control -> treated unmatched. Controls scaled to sum to the 3 matched controls.
     raw = np.array([0.5, 0.5, 2.0])
