@@ -12,6 +12,8 @@ Usage::
     .venv/bin/python benchmarks/bench_demo.py                 # demo preset, one run
     .venv/bin/python benchmarks/bench_demo.py --repeat 3
     .venv/bin/python benchmarks/bench_demo.py --preset kent   # the full-scale batch
+    .venv/bin/python benchmarks/bench_demo.py --kid KID_DIR    # the report batch alone on a
+                                                               # built KID (e.g. a kent build)
 """
 
 from __future__ import annotations
@@ -63,19 +65,51 @@ def one_run(preset: str, seed: int, out: Path) -> dict:
     return {"wall": wall, "phases": phases, "code": code, "notebooks": notebooks}
 
 
+def batch_run(kid: Path, out: Path) -> dict:
+    """Time the report batch alone (`reports.run_all`) on an already built KID."""
+    code_text = (
+        "import sys; from kidresearch.reports import run_all; "
+        f"sys.exit(run_all(data={str(kid)!r}, out={str(out / 'reports')!r}))"
+    )
+    started = time.perf_counter()
+    code = subprocess.run(
+        [sys.executable, "-c", code_text], cwd=ROOT, stderr=subprocess.DEVNULL
+    ).returncode
+    wall = time.perf_counter() - started
+    notebooks = []
+    for manifest in sorted((out / "reports").glob("*/*/manifest.json")):
+        m = json.loads(manifest.read_text())
+        for nb in m["notebooks"]:
+            notebooks.append(
+                (m["proposal"]["id"], nb["notebook"], nb["status"], nb["seconds"], nb["error"])
+            )
+    return {
+        "wall": wall,
+        "phases": {"report batch (run_all)": wall},
+        "code": code,
+        "notebooks": notebooks,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--seed", type=int, default=20261126)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--keep", type=Path, default=None, help="keep the last run's output here")
+    parser.add_argument(
+        "--kid", type=Path, default=None, help="time only the report batch on this KID"
+    )
     args = parser.parse_args()
 
     runs = []
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
             out = Path(tmp) / "demo_data"
-            result = one_run(args.preset, args.seed, out)
+            if args.kid is not None:
+                result = batch_run(args.kid.resolve(), out)
+            else:
+                result = one_run(args.preset, args.seed, out)
             runs.append(result)
             print(f"run {i + 1}/{args.repeat}: {result['wall']:.1f} s (exit code {result['code']})")
             if args.keep is not None and i == args.repeat - 1:
@@ -86,9 +120,10 @@ def main() -> int:
     median = statistics.median(walls)
     median_run = min(runs, key=lambda r: abs(r["wall"] - median))
 
-    print(f"\nkid demo --preset {args.preset}: {args.repeat} run(s) on {os.cpu_count()} CPU(s)")
+    what = f"report batch on {args.kid}" if args.kid else f"kid demo --preset {args.preset}"
+    print(f"\n{what}: {args.repeat} run(s) on {os.cpu_count()} CPU(s)")
     print(f"  median wall time   {median:8.1f} s   (min {min(walls):.1f}, max {max(walls):.1f})")
-    target = TARGET_SECONDS.get(args.preset)
+    target = None if args.kid else TARGET_SECONDS.get(args.preset)
     if target:
         print(f"  target             {target:8.1f} s   ratio {median / target:.2f}")
     print(f"  peak RSS (largest child process) {peak_mib:,.0f} MiB")
