@@ -258,16 +258,31 @@ def test_mean_tables_match_acro(acro_results: dict) -> None:
 def test_primary_decisions_on_margins_match_acro(acro_results: dict) -> None:
     """With margins=True (labelled "All" as in pandas/ACRO), totals get the same primary checks."""
     theirs = acro_results["runs"]["default:sum:margins"]
-    compared = 0
+    compared = empty_totals = 0
     for t in acro_results["tables"]["default"][:60]:
         frame = _frame([t])
         ours = crosstab(frame, "row", "col", values="value", aggfunc="sum", margins_name="All")
         cells = ours.cells.assign(id=t["id"])
+        empty_total = set(
+            cells.loc[
+                (cells["n"] == 0) & ((cells["row"] == "All") | (cells["col"] == "All")),
+                ["id", "row", "col"],
+            ]
+            .astype(str)
+            .agg("|".join, axis=1)
+        )
         for key, checks in _ours_as_acro(cells, "sum").items():
-            if key in theirs:
+            if key in empty_total and theirs[key] != checks:
+                # Intended difference: ACRO 1.0.2 passes the row total of an empty row (its
+                # count is NaN there, and NaN < threshold is False); we suppress it.
+                assert theirs[key] == [] and "MinimumThresholdCheck" in checks
+                assert key.endswith("|All")
+                empty_totals += 1
+            elif key in theirs:
                 assert checks == theirs[key], (key, checks, theirs[key])
                 compared += 1
-    assert compared >= 0.9 * 60 * 16
+    assert compared + empty_totals >= 0.9 * 60 * 16
+    assert empty_totals > 0
     margin_keys = [k for k in theirs if "All" in k]
     assert any(theirs[k] for k in margin_keys) and any(not theirs[k] for k in margin_keys)
 
