@@ -215,7 +215,11 @@ def test_layout_matches_the_data_dictionary(built) -> None:
                 assert schema.field(f.name).type == f.type, (path, f.name)
             if research.date_column and name != "persons":
                 assert path.parent.name.startswith("year="), path
-                assert path.name == "part-0.parquet"
+                # costs: one file per costed feed and year (<feed>-0.parquet)
+                expected = "part-0.parquet" if name != "costs" else f"{path.stem[:-2]}-0.parquet"
+                assert path.name == expected, path
+                if name == "costs":
+                    assert path.stem[:-2] in RAW_FEEDS, path
                 year = int(path.parent.name.removeprefix("year="))
                 dates = pq.read_table(path).column(research.date_column).to_pylist()
                 assert {d.year for d in dates} == {year}
@@ -324,7 +328,7 @@ def test_failure_halfway_leaves_previous_version_and_current(
     def explode(self, tables: Path) -> None:
         raise OSError("disk full (injected)")
 
-    monkeypatch.setattr(_Builder, "write_costs", explode)
+    monkeypatch.setattr(_Builder, "write_persons", explode)
     with pytest.raises(OSError, match="injected"):
         build(raw, kid, key_file=key)
     _assert_previous_version_intact(kid, MONTHS[1], before)

@@ -191,10 +191,13 @@ def _check_columns(path: Path, names: list[str], table: schema.Table) -> None:
         log.warning("%s: ignoring column(s) not in the data dictionary: %s", path, extra)
 
 
-def _parquet_rows(path: Path, table: schema.Table) -> int:
+def _parquet_rows(path: Path, table: schema.Table, schemas: dict | None = None) -> int:
     try:
         meta = pq.read_metadata(path)
-        names = meta.schema.to_arrow_schema().names
+        arrow_schema = meta.schema.to_arrow_schema()
+        names = arrow_schema.names
+        if schemas is not None:
+            schemas[str(path)] = str(arrow_schema.remove_metadata())
     except Exception as exc:  # pyarrow raises several types for truncated/corrupt files
         raise FeedError(
             f"{path}: not a readable Parquet file (truncated or corrupt?): {exc}. "
@@ -322,6 +325,7 @@ class _Builder:
         self.corrections: dict[str, int] = {}
         self.table_rows: dict[str, int] = {}
         self.published_rows: dict[str, int] = {}
+        self.schemas: dict[str, str] = {}
 
     def close(self) -> None:
         self.con.close()
@@ -368,31 +372,40 @@ class _Builder:
     def _raw_relation(self, feed: str) -> tuple[str, dict[str, str]]:
         """SQL of one feed's raw rows (all its extracts) and the raw column types.
 
-        Each extract is its own scan with its file id, month and month end as constants, so
-        no per-row file name is carried or joined (45 million rows at Kent scale).
+        All Parquet extracts of a feed are read by one multi-file scan; DuckDB's ``file_index``
+        (position in the file list) plus the feed's first file id gives each row its file id,
+        so no per-row file name is carried (45 million rows at Kent scale).
         """
         table = schema.RAW_FEEDS[feed]
         cols = ", ".join(quote(c) for c in table.column_names)
         parts = []
-        for file_id, e in enumerate(self.extracts):
-            if e.feed != feed:
-                continue
-            constants = (
-                f"{file_id} AS _file, '{e.month}' AS _month, "
-                f"DATE '{_month_end(e.month).isoformat()}' AS _month_end"
+        parquet = [
+            (i, e) for i, e in enumerate(self.extracts) if e.feed == feed and e.fmt == "parquet"
+        ]
+        if parquet:
+            ids = [i for i, _ in parquet]
+            if ids != list(range(ids[0], ids[0] + len(ids))):
+                raise AssertionError("extracts of a feed must be listed together")
+            files = "[" + ", ".join(literal(str(e.path)) for _, e in parquet) + "]"
+            schemas = {self.schemas.get(str(e.path)) for _, e in parquet}
+            by_name = "true" if len(schemas) > 1 else "false"
+            parts.append(
+                f"SELECT {cols}, file_row_number + 1 AS _row, "
+                f"CAST(file_index AS INTEGER) + {ids[0]} AS _file "
+                f"FROM read_parquet({files}, file_row_number = true, union_by_name = {by_name})"
             )
-            if e.fmt == "parquet":
-                parts.append(
-                    f"SELECT {cols}, file_row_number + 1 AS _row, {constants} "
-                    f"FROM read_parquet({literal(str(e.path))}, file_row_number = true)"
-                )
-            else:
+        tables = []
+        for file_id, e in enumerate(self.extracts):
+            if e.feed == feed and e.fmt == "csv":
                 data = _read_csv(e, table)
-                data = data.append_column("_row", pa.array(range(1, data.num_rows + 1), pa.int64()))
-                object.__setattr__(e, "rows", data.num_rows)
-                name = f"csv_{file_id}"
-                self.con.register(name, data)
-                parts.append(f"SELECT {cols}, _row, {constants} FROM {name}")
+                n = data.num_rows
+                data = data.append_column("_row", pa.array(range(1, n + 1), pa.int64()))
+                data = data.append_column("_file", pa.array([file_id] * n, pa.int32()))
+                object.__setattr__(e, "rows", n)
+                tables.append(data)
+        if tables:
+            self.con.register(f"csv_{feed}", pa.concat_tables(tables))
+            parts.append(f"SELECT {cols}, _row, _file FROM csv_{feed}")
         sql = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
         types = dict(
             self.con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {sql})").fetchall()
@@ -443,9 +456,9 @@ class _Builder:
         CREATE TABLE stage_{feed} AS (
           WITH raw AS ({relation}),
           typed AS (
-            SELECT r.*, {nhs} AS _nhs,
+            SELECT r.*, f._month, f._month_end, {nhs} AS _nhs,
             {typed}
-            FROM raw r
+            FROM raw r JOIN files f ON f._file = r._file
           ),
           linked AS (SELECT t.*, {person} FROM typed t {join}),
           checked AS (SELECT *, {problem_case(checks)} AS _problem FROM linked)
@@ -726,30 +739,37 @@ class _Builder:
             self._cast_select(table, f"ref_{name}", year=None), tables / name, partition=False
         )
 
-    def write_costs_part(self, feed: str) -> None:
-        """The costed activity of one feed, into the work folder (combined by write_costs)."""
+    def write_costs_part(self, feed: str, tables: Path) -> None:
+        """Cost one feed's published rows straight into the costs table's year folders.
+
+        Each feed writes its own file per year (``costs/year=YYYY/<feed>-0.parquet``), so the
+        costs are never rewritten to combine them.
+        """
         selects = costs_module.costs_selects(feed, self.final_rows(feed), _month_end(self.version))
         if not selects:
             return
-        body = " UNION ALL ".join(f"({q})" for q in selects)
-        part = self.stage / f"costs_{feed}.parquet"
-        self.con.execute(f"COPY ({body}) TO {literal(str(part))} (FORMAT parquet)")
-
-    def write_costs(self, tables: Path) -> None:
         table = schema.RESEARCH_TABLES["costs"]
-        parts = sorted(self.stage.glob("costs_*.parquet"))
-        files = "[" + ", ".join(literal(str(p)) for p in parts) + "]"
-        source = (
-            f"read_parquet({files})"
-            if parts
-            else "(SELECT NULL AS person_id, NULL AS activity_date, NULL AS service_line, "
+        body = "(" + " UNION ALL ".join(f"({q})" for q in selects) + ")"
+        target = tables / "costs"
+        target.mkdir(parents=True, exist_ok=True)
+        options = (
+            f"FORMAT parquet, PARTITION_BY (year), FILENAME_PATTERN '{feed}-{{i}}', "
+            "OVERWRITE_OR_IGNORE true"
+        )
+        select = self._cast_select(table, body, year=table.date_column)
+        self.con.execute(f"COPY ({select}) TO {literal(str(target))} ({options})")
+
+    def finish_costs(self, tables: Path) -> None:
+        """Make sure the costs table exists even if no feed had costed activity."""
+        target = tables / "costs"
+        if target.is_dir() and any(target.iterdir()):
+            return
+        table = schema.RESEARCH_TABLES["costs"]
+        empty = (
+            "(SELECT NULL AS person_id, NULL AS activity_date, NULL AS service_line, "
             "NULL AS cost_gbp WHERE FALSE)"
         )
-        self._copy(
-            self._cast_select(table, source, year=table.date_column),
-            tables / "costs",
-            partition=True,
-        )
+        self._copy(self._cast_select(table, empty, year=None), target, partition=False)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -908,14 +928,19 @@ def build(
         task = bar.add_task("Checking extracts", total=len(schema.RAW_FEEDS) + 5)
 
     def step(text: str) -> None:
-        log.info(text)
+        log.info("%6.1f s  %s", time.perf_counter() - started, text)
         if bar is not None and task is not None:
             bar.update(task, advance=1, description=text)
 
     try:
         checked = []
+        schemas: dict[str, str] = {}
         for e in extracts:
-            rows = _parquet_rows(e.path, schema.RAW_FEEDS[e.feed]) if e.fmt == "parquet" else -1
+            rows = (
+                _parquet_rows(e.path, schema.RAW_FEEDS[e.feed], schemas)
+                if e.fmt == "parquet"
+                else -1
+            )
             checked.append(_Extract(e.feed, e.month, e.path, e.relative, e.fmt, rows))
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             hashes = list(pool.map(_sha256, [e.path for e in checked]))
@@ -941,7 +966,7 @@ def build(
             return _existing_result(out, version, manifest)
         pseudonym.ensure_secret_file(out / "restricted" / "proposal_secret")
         return _build_new(
-            raw, out, key, version, extracts, fingerprint, content_hash, step, started
+            raw, out, key, version, extracts, fingerprint, content_hash, step, started, schemas
         )
     finally:
         if bar is not None:
@@ -967,8 +992,10 @@ def _build_new(
     content_hash: str,
     step,
     started: float,
+    schemas: dict[str, str],
 ) -> BuildResult:
     builder = _Builder(raw, out, key, version, extracts)
+    builder.schemas = schemas
     temp_version = versions.new_temp_dir(out / "versions", version)
     temp_quarantine = versions.new_temp_dir(out / "restricted" / "quarantine", version)
     try:
@@ -990,7 +1017,7 @@ def _build_new(
             builder.reconcile(feed)
             if feed in EVENT_TABLES:
                 builder.write_event_table(feed, tables)
-                builder.write_costs_part(feed)
+                builder.write_costs_part(feed, tables)
                 builder.drop_stage(feed)
         step("Writing persons")
         builder.write_persons(tables)
@@ -998,8 +1025,7 @@ def _build_new(
         builder.drop_stage("deaths")
         builder.write_reference("practices", tables)
         builder.write_reference("lsoas", tables)
-        step("Writing costs")
-        builder.write_costs(tables)
+        builder.finish_costs(tables)
         # Extracts' rows are known now for CSV too.
         rows_in = {
             path: int(n)
