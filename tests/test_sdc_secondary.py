@@ -218,3 +218,26 @@ def test_lp_repair_path_alone_also_protects(counts: np.ndarray) -> None:
     )
     for cell, (lo, hi) in independent_ranges(frame).items():
         assert hi - lo >= 10 - 1e-6, (cell, lo, hi)
+
+
+def test_magnitude_table_with_margins_is_protected() -> None:
+    """Cost sums: dominated cells are hidden and cannot be recovered to within 10% of their value."""
+    rng = np.random.default_rng(8)
+    rows = []
+    for district in ["Ashford", "Dover", "Swale", "Thanet"]:
+        for setting in ["acute", "community", "social_care"]:
+            n = int(rng.integers(12, 30))
+            cost = rng.exponential(400.0, n)
+            if rng.random() < 0.4:
+                cost[0] = 50_000.0  # one dominant person
+            rows += [(district, setting, c) for c in cost]
+    micro = pd.DataFrame(rows, columns=["district", "setting", "cost_gbp"])
+    from kidresearch.sdc import pivot_table
+
+    t = pivot_table(micro, values="cost_gbp", index="district", columns="setting", aggfunc="sum")
+    cells = t.to_frame().set_index(["district", "setting"])
+    assert (cells["rule"] == "dominance").sum() >= 2
+    ranges = independent_ranges(t.released)
+    assert len(ranges) == t.n_suppressed
+    for cell, (lo, hi) in ranges.items():
+        assert hi - lo >= 0.1 * cells.loc[cell, "value"] - 1e-6, (cell, lo, hi)
