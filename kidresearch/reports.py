@@ -947,6 +947,8 @@ def run(
                     log_output=False,
                     request_save_on_cell_execute=False,
                     execution_timeout=timeout,
+                    # The kernel's own start-up warnings (e.g. about local TCP) are noise here.
+                    extra_arguments=["--IPKernelApp.log_level=ERROR"],
                 )
             except pm.PapermillExecutionError as exc:
                 error = f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
