@@ -230,15 +230,33 @@ def _category_expr(count: ir.IntegerValue) -> ir.IntegerValue:
     )
 
 
+def disclosure_policy(kid: object) -> Any:
+    """The session's disclosure policy (its proposal's ``output_policy``), or None for default."""
+    proposal = getattr(kid, "proposal", None)
+    mapping = getattr(proposal, "output_policy", None)
+    if not mapping:
+        return None
+    from kidresearch.sdc import DisclosurePolicy
+
+    return DisclosurePolicy.from_mapping(mapping, source=getattr(proposal, "source", None))
+
+
 def release(
-    frame: pd.DataFrame, *, counts: Sequence[str], name: str, keys: Sequence[str] | None = None
+    frame: pd.DataFrame,
+    *,
+    counts: Sequence[str],
+    name: str,
+    keys: Sequence[str] | None = None,
+    policy: Any = None,
 ) -> pd.DataFrame:
     """Pass the count columns of a tidy table through disclosure control (``kidresearch.sdc``).
 
     Each count column is checked with :func:`kidresearch.sdc.check_table` (one cell per row,
     labelled by ``keys``, default the non-numeric columns); suppressed cells become missing
     and a ``<count>_status`` column says why. Other columns pass through unchanged, so callers
-    must blank anything derived from a suppressed count.
+    must blank anything derived from a suppressed count. ``policy`` is a
+    ``kidresearch.sdc.DisclosurePolicy`` (default: the package default; results carry their
+    session's proposal policy, see :func:`disclosure_policy`).
     """
     from kidresearch import sdc
 
@@ -252,7 +270,7 @@ def release(
         cells = out[[*keys, column]].copy()
         cells[column] = cells[column].fillna(0).astype("int64")
         checked = sdc.check_table(
-            cells, counts=column, keys=keys, margins=False, name=f"{name}:{column}"
+            cells, counts=column, keys=keys, margins=False, name=f"{name}:{column}", policy=policy
         ).to_frame()
         checked = checked[[*keys, "released", "status"]].rename(
             columns={"released": f"_{column}", "status": f"{column}_status"}
@@ -389,7 +407,13 @@ def efi_query(
         deficit_count=count,
     )
     if extra_person_columns:
-        lsoas = kid.table("lsoas").select("lsoa_code", "imd_score", "imd_quintile", "district")
+        try:
+            lsoas = kid.table("lsoas")
+        except (PermissionError, KeyError) as err:
+            # A proposal without the lsoas table still gets the eFI, without deprivation.
+            log.info("eFI without IMD and district: %s", err)
+            return out
+        lsoas = lsoas.select("lsoa_code", "imd_score", "imd_quintile", "district")
         out = out.left_join(lsoas, "lsoa_code").drop("lsoa_code_right")
     return out
 
@@ -426,6 +450,7 @@ class EFIResult:
     at: dt.date
     frame: pd.DataFrame = field(repr=False)
     deficits: tuple[str, ...]
+    policy: Any = field(default=None, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """A copy of the person-level frame."""
@@ -457,7 +482,11 @@ class EFIResult:
         )
         long = table.melt(id_vars="age_band", var_name="category", value_name="people")
         long["age_band"] = long.age_band.astype(str)
-        released = release(long, counts=["people"], name=f"efi_summary_{self.at}").copy()
+        # Age bands nobody falls in (e.g. under 65 in a 65+ proposal) are structural zeros.
+        long = long[long.groupby("age_band")["people"].transform("sum") > 0]
+        released = release(
+            long, counts=["people"], name=f"efi_summary_{self.at}", policy=self.policy
+        ).copy()
         totals = released.groupby("age_band", sort=False)["people"].transform("sum")
         released["share"] = released["people"] / totals.replace(0, np.nan)
         return released
@@ -548,7 +577,7 @@ def efi(
     frame = expr.to_pandas()
     names = _deficit_names(codes)
     frame = _finish_efi_frame(frame, names)
-    return EFIResult(at=at_date, frame=frame, deficits=tuple(names))
+    return EFIResult(at=at_date, frame=frame, deficits=tuple(names), policy=disclosure_policy(kid))
 
 
 def _finish_efi_frame(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
@@ -798,6 +827,7 @@ class TrendResult:
     by: str | None
     freq: str
     min_age: int
+    policy: Any = field(default=None, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """A copy of the tidy trend table."""
@@ -806,7 +836,9 @@ class TrendResult:
     def summary(self) -> pd.DataFrame:
         """People per period, group and category released through disclosure control."""
         cols = ["period", *([self.by] if self.by else []), "category", "people", "population"]
-        released = release(self.frame[cols], counts=["people"], name="efi_trend").copy()
+        released = release(
+            self.frame[cols], counts=["people"], name="efi_trend", policy=self.policy
+        ).copy()
         released["prevalence"] = released["people"] / released["population"]
         extra = [c for c in ("dsr", "incomplete") if c in self.frame]
         if extra:
@@ -924,7 +956,14 @@ def trend(
         frame = frame.drop(columns=group_col)
         strata = strata.drop(columns=group_col)
     strata = strata.drop(columns="idx")
-    return TrendResult(frame=frame, strata=strata, by=by, freq=freq, min_age=min_age)
+    return TrendResult(
+        frame=frame,
+        strata=strata,
+        by=by,
+        freq=freq,
+        min_age=min_age,
+        policy=disclosure_policy(kid),
+    )
 
 
 def _dense_counts(deltas: pd.DataFrame, periods: _Periods, min_band: int) -> pd.DataFrame:
@@ -1022,6 +1061,7 @@ class OutcomesResult:
     frame: pd.DataFrame = field(repr=False)
     models: dict[str, Any] = field(repr=False)
     cohort: pd.DataFrame = field(repr=False)
+    policy: Any = field(default=None, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """A copy of the hazard-ratio table."""
@@ -1030,7 +1070,9 @@ class OutcomesResult:
     def summary(self) -> pd.DataFrame:
         """People and events per outcome and category (disclosure-checked) with the ratios."""
         counts = self.frame[["outcome", "category", "people", "events"]]
-        released = release(counts, counts=["people", "events"], name="efi_outcomes").copy()
+        released = release(
+            counts, counts=["people", "events"], name="efi_outcomes", policy=self.policy
+        ).copy()
         cols = ["outcome", "category", "hr", "hr_lower", "hr_upper", "published_hr"]
         if "truth_hr" in self.frame:
             cols.append("truth_hr")
@@ -1272,5 +1314,10 @@ def outcomes(
         frame.category, categories=list(EFI_CATEGORIES), ordered=True
     )
     return OutcomesResult(
-        at=at_date, follow_up_months=months, frame=frame, models=models, cohort=cohort
+        at=at_date,
+        follow_up_months=months,
+        frame=frame,
+        models=models,
+        cohort=cohort,
+        policy=disclosure_policy(kid),
     )

@@ -46,6 +46,7 @@ from kidresearch.frailty import (
     KIDLike,
     as_date,
     deficit_codelist,
+    disclosure_policy,
     efi_query,
     months_after,
     months_before,
@@ -319,6 +320,7 @@ class RiskModel:
     result_: Any = field(repr=False)
     train: pd.DataFrame = field(repr=False)
     validation: pd.DataFrame | None = field(repr=False)
+    policy: Any = field(default=None, repr=False)
 
     def _eval_frame(self) -> pd.DataFrame:
         return self.validation if self.validation is not None else self.train
@@ -475,7 +477,7 @@ class RiskModel:
         from kidresearch import sdc
         from kidresearch.errors import DisclosureError
 
-        checked = sdc.check_model(self.result_, name="risk_model")
+        checked = sdc.check_model(self.result_, name="risk_model", policy=self.policy)
         if not checked.passed:
             raise DisclosureError(
                 "The risk model fails disclosure control: " + "; ".join(checked.record.reasons)
@@ -484,7 +486,9 @@ class RiskModel:
         perf = self.performance().rename(columns={"metric": "term", "value": "coef"})
         flagged = perf[perf.term.str.endswith("_flagged")].copy()
         flagged["coef"] = flagged["coef"].astype(int)
-        released = release(flagged, counts=["coef"], keys=["term"], name="risk_model_flagged")
+        released = release(
+            flagged, counts=["coef"], keys=["term"], name="risk_model_flagged", policy=self.policy
+        )
         perf = perf.set_index("term")
         perf.loc[released["term"], "coef"] = released["coef"].to_numpy()
         return pd.concat(
@@ -612,6 +616,7 @@ def fit(
         result_=result,
         train=train,
         validation=validation,
+        policy=disclosure_policy(kid),
     )
 
 

@@ -46,7 +46,14 @@ import numpy as np
 import pandas as pd
 
 from kidresearch.errors import KidError
-from kidresearch.frailty import DateLike, KIDLike, as_date, month_index, release
+from kidresearch.frailty import (
+    DateLike,
+    KIDLike,
+    as_date,
+    disclosure_policy,
+    month_index,
+    release,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +155,7 @@ class VariationResult:
     expected_from: str
     frame: pd.DataFrame = field(repr=False)
     limits: pd.DataFrame = field(repr=False)
+    policy: Any = field(default=None, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """A copy of the per-practice table."""
@@ -186,7 +194,9 @@ class VariationResult:
     def summary(self) -> pd.DataFrame:
         """Observed admissions per practice released through disclosure control, with ISRs."""
         counts = self.frame[["practice_code", "observed"]]
-        released = release(counts, counts=["observed"], name="practice_admissions").copy()
+        released = release(
+            counts, counts=["observed"], name="practice_admissions", policy=self.policy
+        ).copy()
         cols = ["practice_code", "expected", "isr", "isr_lower", "isr_upper", "significance"]
         out = released.merge(self.frame[cols], on="practice_code", how="left")
         # An ISR reveals its observed count (isr x expected): blank it where the count is.
@@ -344,6 +354,7 @@ def practice_admissions(
         expected_from=expected,
         frame=per_practice[order].sort_values("practice_code", ignore_index=True),
         limits=limits,
+        policy=disclosure_policy(kid),
     )
 
 
