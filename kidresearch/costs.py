@@ -108,6 +108,7 @@ TOP_AGE_BAND = 85  # 85+ as one band: few people per sex beyond it in a practice
 MORBIDITY_EDGES = (0, 1, 2, 3, 4, 5, 7, 9, 13)
 MORBIDITY_LABELS = ("0", "1", "2", "3", "4", "5-6", "7-8", "9-12", "13+")
 GRADIENT_MIN_AGE = 55
+Z_95 = 1.959963984540054
 #: Jayatunga W et al., Public Health 2019 (Kent Integrated Dataset): people over 55, mean annual
 #: cost GBP 1,623 in the most deprived fifth vs GBP 1,205 in the least deprived (+35%).
 PUBLISHED_GRADIENT_55_PLUS = 1.35
@@ -738,12 +739,15 @@ class CostMap:
         (the difference: real between-unit variation), ``variance_absorbed`` (share of the
         crude excess variance removed by this and earlier steps), ``spearman_vs_previous``,
         ``spearman_vs_crude``, ``gradient_55_plus`` (O/E of the most vs the least deprived
-        fifth among people 55+: the deprivation gradient left unexplained at this step) and
+        fifth among people 55+: the deprivation gradient left unexplained at this step; at the
+        crude step it is the observed ratio of mean costs) with its 95% interval
+        ``gradient_ci_lower``/``gradient_ci_upper`` (delta method from person residuals: an
+        interval containing 1 means no gradient is left beyond chance) and
         ``adjusted_gradient_55_plus`` (the model's own most vs least deprived ratio for the
         55+, holding the step's other adjustments fixed; only from the deprivation step).
     gradient
-        One row per IMD quintile among people 55+: people, observed mean cost and O/E at
-        every step.
+        One row per IMD quintile among people 55+: people, observed mean cost, and at every
+        step the O/E (``ratio_<step>``) and its standard error on the log scale.
     fits
         ``{step: {"gamma": result}}`` or ``{step: {"any_cost": ..., "positive_cost": ...}}``
         (statsmodels GLM results on covariate cells).
@@ -1082,7 +1086,13 @@ def map(
         exp_q = np.bincount(q_older, weights=mu[older], minlength=6)[1:]
         with np.errstate(invalid="ignore", divide="ignore"):
             oe_q = obs_q / exp_q
+            # Delta method: var(log O/E) ~ sum of squared residuals / O^2 (chance alone).
+            resid_q = np.bincount(q_older, weights=(cost_older - mu[older]) ** 2, minlength=6)
+            se_q = np.sqrt(resid_q[1:]) / obs_q
         grad[f"ratio_{step}"] = oe_q
+        grad[f"se_log_ratio_{step}"] = se_q
+        se_gradient = float(np.hypot(se_q[0], se_q[4]))
+        gradient = float(oe_q[0] / oe_q[4])
         adjusted = np.nan
         if "imd_quintile" in covariates:
             older_cells = cells[cells.n_older > 0]
@@ -1115,7 +1125,9 @@ def map(
                     _spearman(previous_ratio, ratio) if previous_ratio is not None else np.nan
                 ),
                 "spearman_vs_crude": _spearman(crude_ratio, ratio),
-                "gradient_55_plus": float(oe_q[0] / oe_q[4]),
+                "gradient_55_plus": gradient,
+                "gradient_ci_lower": gradient * float(np.exp(-Z_95 * se_gradient)),
+                "gradient_ci_upper": gradient * float(np.exp(Z_95 * se_gradient)),
                 "adjusted_gradient_55_plus": adjusted,
             }
         )
