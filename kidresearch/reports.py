@@ -79,7 +79,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = "kidresearch.report-manifest/1"
 #: Parameters the runner sets itself; ``-p`` may not override them.
-RESERVED_PARAMETERS = ("proposal", "data", "output_dir")
+RESERVED_PARAMETERS = ("proposal", "data", "kid_version", "output_dir")
 #: The papermill kernel: the running interpreter's ipykernel (installed on first use if absent).
 KERNEL_NAME = "python3"
 #: Resolution of released PNG figures; fixed so re-runs give the same bytes.
@@ -801,8 +801,8 @@ def run(
         A subset of the proposal's approved notebooks (default: all of them, in its order).
     parameters : mapping, optional
         Extra notebook parameters (``-p key=value`` on the CLI; strings holding numbers,
-        booleans or null are read as such). ``proposal``, ``data`` and ``output_dir`` are set
-        by the runner and may not be given.
+        booleans or null are read as such). ``proposal``, ``data``, ``kid_version`` (from the
+        proposal) and ``output_dir`` are set by the runner and may not be given.
     data : path, optional
         The built KID folder (default: ``$KID_DATA``), passed to each notebook as ``data``.
     out : path, default "reports"
@@ -858,7 +858,7 @@ def run(
     if reserved:
         raise ProposalError(
             f"parameter(s) {', '.join(reserved)} are set by the runner and cannot be given "
-            "with -p; use --data for the KID folder"
+            "with -p; use --data for the KID folder (the KID version comes from the proposal)"
         )
     folder = Path(notebook_dir) if notebook_dir is not None else _find_dir("notebooks")
     sources = [folder / n for n in wanted]
@@ -927,9 +927,9 @@ def run(
                 "proposal": str((run_dir / "proposal.yaml").resolve()),
                 "data": kid["data"],
                 "output_dir": str(staging.resolve()),
+                # The version the proposal is approved for, as resolved for this run.
+                "kid_version": kid.get("version"),
             }
-            if kid.get("version") is not None and "kid_version" not in user_params:
-                nb_params["kid_version"] = kid["version"]
             error: str | None = None
             t0 = time.perf_counter()
             try:

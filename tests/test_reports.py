@@ -179,6 +179,8 @@ def test_reserved_parameter_and_missing_notebook_are_refused(tmp_path):
         reports.run(
             PROPOSAL, parameters={"output_dir": "/tmp"}, out=tmp_path, notebook_dir=NOTEBOOKS
         )
+    with pytest.raises(ProposalError, match="kid_version"):
+        reports.run(PROPOSAL, parameters={"kid_version": "2025-01"}, out=tmp_path)
     with pytest.raises(ProposalError, match="do not exist: .*tiny_release.ipynb"):
         reports.run(PROPOSAL, out=tmp_path, notebook_dir=tmp_path)
     with pytest.raises(ProposalError, match="no proposal 'nope-9'"):
