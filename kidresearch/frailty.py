@@ -1263,12 +1263,20 @@ def outcomes(
             use = keep & ~cohort.category.isin(empty)
             columns = [c for c in design.columns if c not in empty]
             try:
-                model = sm.PHReg(
+                phreg = sm.PHReg(
                     time_days[use].to_numpy(),
                     design.loc[use, columns],
                     status=event[use].astype(int).to_numpy(),
                     ties="efron",
-                ).fit()
+                )
+                with np.errstate(all="ignore"):
+                    model = phreg.fit()
+                    if not np.isfinite(model.params).all():
+                        # Newton's first steps can overflow with Efron ties on large risk
+                        # sets; BFGS from the same start converges to the same maximum.
+                        model = phreg.fit(method="bfgs", maxiter=500)
+                if not np.isfinite(model.params).all():
+                    raise np.linalg.LinAlgError("no finite maximum")
             except np.linalg.LinAlgError:
                 # Too few events for the information matrix to be inverted (e.g. a handful of
                 # care-home admissions in a small KID).
