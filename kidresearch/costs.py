@@ -885,9 +885,7 @@ class CostMap:
         return f"CostMap(by={self.by!r}, steps={self.steps}, model={self.model!r})"
 
 
-def _coordinates(
-    kid: KIDLike | None, by: str, units: pd.DataFrame, frame: pd.DataFrame
-) -> pd.DataFrame:
+def _coordinates(kid: KIDLike | None, by: str, units: pd.DataFrame) -> pd.DataFrame:
     lat = pd.Series(np.nan, index=units.index)
     lon = pd.Series(np.nan, index=units.index)
     if kid is None:
@@ -1136,7 +1134,7 @@ def map(
     units["rank_change"] = units[f"rank_{all_steps[0]}"].astype(float) - units[
         f"rank_{all_steps[-1]}"
     ].astype(float)
-    units = _coordinates(kid, by_name, units, frame)
+    units = _coordinates(kid, by_name, units)
     ladder_frame = pd.DataFrame(rows)
     ladder_frame["published_gradient_55_plus"] = PUBLISHED_GRADIENT_55_PLUS
     result = CostMap(

@@ -362,3 +362,26 @@ def test_demo_panel_matches_pandas_and_fits_both_models(kid_all_tables) -> None:
     assert result.plot().get_xlabel() == "year"
     with pytest.raises(CostError, match="at least two"):
         costs.panel(kid_all_tables, years=[2023])
+
+
+def test_released_units_blank_small_and_dominated_units() -> None:
+    rng = np.random.default_rng(0)
+    n = 2000
+    idx = np.arange(n)
+    frame = pd.DataFrame(
+        {
+            "person_id": idx.astype(str),
+            "sex": rng.choice(["F", "M"], n),
+            "age": rng.integers(0, 90, n),
+            "deficit_count": rng.integers(0, 5, n),
+            "imd_quintile": rng.integers(1, 6, n),
+            "practice_code": np.where(idx < 5, "tiny", np.where(idx < 1000, "A", "B")),
+            "cost_gbp": rng.gamma(1, 500, n),
+        }
+    )
+    frame.loc[6, "cost_gbp"] = 1e7  # one person is nearly all of practice A's cost
+    cm = costs.map(data=PersonCosts(START, END, frame), ladder=["age_sex"])
+    released = cm.released_units().set_index("unit")
+    assert np.isnan(released.loc["tiny", "ratio_age_sex"])  # 5 people: below the threshold
+    assert np.isnan(released.loc["A", "ratio_crude"])  # dominance
+    assert cm.units.set_index("unit").loc["A", "ratio_crude"] > 1.5  # kept for analysis
