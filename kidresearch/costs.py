@@ -1030,7 +1030,8 @@ def map(
     cells["sum_sq"] = np.bincount(cell, weights=cost**2, minlength=n_cells)
     cells["n_older"] = np.bincount(cell, weights=older.astype(float), minlength=n_cells)
 
-    unit_codes, unit_index = np.unique(unit, return_inverse=True)
+    unit_index, unit_codes = pd.factorize(unit, sort=True)  # hashing: fast on 1.8M strings
+    unit_codes = np.asarray(unit_codes, dtype=object)
     n_units = len(unit_codes)
     people = np.bincount(unit_index, minlength=n_units).astype(float)
     observed = np.bincount(unit_index, weights=cost, minlength=n_units)
