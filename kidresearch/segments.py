@@ -63,6 +63,7 @@ import pandas as pd
 
 from kidresearch.errors import KidError
 from kidresearch.frailty import (
+    POLYPHARMACY_MIN_DRUGS,
     DateLike,
     KIDLike,
     as_date,
@@ -209,6 +210,22 @@ def _ever(events: ir.Table, codes: pd.DataFrame, rules: tuple[str, ...], name: s
     return hits.group_by("person_id").aggregate(**{name: hits.event_date.max()})
 
 
+def _efi_counts(kid: KIDLike, at: dt.date) -> ir.Table:
+    """People alive and registered on ``at`` with their eFI deficit count (0-36)."""
+    efi = efi_query(kid, at, extra_person_columns=False)
+    keep = ["person_id", "sex", "age", "practice_code", "lsoa_code"]
+    if "deficit_count" in efi.columns:
+        return efi.select(*keep, "deficit_count")
+    # The eFI expression may carry the coded deficits as a bit mask (one bit per deficit).
+    n_coded = deficit_codelist().query("snomed_code.notna() and snomed_code != ''").deficit
+    mask = efi.deficit_mask.cast("int64")
+    count = sum(
+        (((mask >> k) & 1) for k in range(n_coded.nunique())),
+        (efi.drugs_12m >= POLYPHARMACY_MIN_DRUGS).cast("int64"),
+    )
+    return efi.select(*keep, deficit_count=count.cast("int32"))
+
+
 def segments_query(kid: KIDLike, at: dt.date, *, codes: pd.DataFrame | None = None) -> ir.Table:
     """The Ibis expression behind :func:`bridges_to_health` (not executed), for other recipes.
 
@@ -217,9 +234,7 @@ def segments_query(kid: KIDLike, at: dt.date, *, codes: pd.DataFrame | None = No
     """
     code_list = segment_codes(codes)
     lit = ibis.literal(at)
-    base = efi_query(kid, at, extra_person_columns=False).select(
-        "person_id", "sex", "age", "practice_code", "lsoa_code", "deficit_count"
-    )
+    base = _efi_counts(kid, at)
     gp = kid.table("gp_events")
     gp = gp.filter(gp.event_date <= lit).select("person_id", "event_date", "snomed_code")
     eol_from = months_before(at, END_OF_LIFE_MONTHS)
