@@ -359,7 +359,12 @@ def efi_query(
     codelist: pd.DataFrame | None = None,
     extra_person_columns: bool = True,
 ) -> ir.Table:
-    """The Ibis expression behind :func:`efi` (not executed), for reuse in other recipes."""
+    """The Ibis expression behind :func:`efi` (not executed), for reuse in other recipes.
+
+    One row per person alive and registered at ``at`` with ``deficit_mask`` (bit *k* set when
+    the *k*-th coded deficit of the code list is present) and ``drugs_12m``; pass the
+    materialised frame to :func:`decode_deficits` for the flag columns, count and category.
+    """
     codes = deficit_codelist(codelist)
     names = _deficit_names(codes)
     persons = kid.table("persons")
@@ -372,39 +377,35 @@ def efi_query(
         age=age_on(people, at),
     )
 
+    # Each coded deficit is one bit of an int64 mask: one sum over distinct (person, bit)
+    # pairs instead of 35 aggregates; decode_deficits() unpacks the bits in numpy.
+    bits = pd.DataFrame({"deficit": names[:-1]})
+    bits["bit"] = np.left_shift(np.int64(1), np.arange(len(bits), dtype=np.int64))
+    code_table = ibis.memtable(codes.merge(bits, on="deficit")[["snomed_code", "bit"]])
     gp = kid.table("gp_events")
     events = gp.filter(gp.event_date <= ibis.literal(at)).select("person_id", "snomed_code")
-    code_table = ibis.memtable(codes)
     hits = (
         events.join(code_table, events.snomed_code == code_table.snomed_code)
-        .select("person_id", "deficit")
+        .select("person_id", "bit")
         .distinct()
     )
-    flags = hits.group_by("person_id").aggregate(
-        **{name: (hits.deficit == name).any() for name in names[:-1]}
-    )
+    masks = hits.group_by("person_id").aggregate(deficit_mask=hits.bit.sum())
 
     rx = _rx_substances(kid.table("prescriptions"))
     window_start = months_before(at, POLYPHARMACY_MONTHS)
     rx = rx.filter((rx.issue_date > ibis.literal(window_start)) & (rx.issue_date <= at))
     drugs = rx.group_by("person_id").aggregate(drugs_12m=rx.substance.nunique())
 
-    joined = people.left_join(flags, "person_id").drop("person_id_right")
+    joined = people.left_join(masks, "person_id").drop("person_id_right")
     joined = joined.left_join(drugs, "person_id").drop("person_id_right")
-    coded = {name: joined[name].fill_null(False) for name in names[:-1]}
-    drugs_12m = joined.drugs_12m.fill_null(0).cast("int32")
-    poly = drugs_12m >= POLYPHARMACY_MIN_DRUGS
-    count = sum((v.cast("int32") for v in coded.values()), poly.cast("int32"))
     out = joined.select(
         "person_id",
         "sex",
         "age",
         "practice_code",
         "lsoa_code",
-        **coded,
-        polypharmacy=poly,
-        drugs_12m=drugs_12m,
-        deficit_count=count,
+        deficit_mask=joined.deficit_mask.fill_null(0).cast("int64"),
+        drugs_12m=joined.drugs_12m.fill_null(0).cast("int32"),
     )
     if extra_person_columns:
         try:
@@ -576,14 +577,30 @@ def efi(
     expr = efi_query(kid, at_date, codelist=codes)
     frame = expr.to_pandas()
     names = _deficit_names(codes)
-    frame = _finish_efi_frame(frame, names)
+    frame = decode_deficits(frame, names).sort_values("person_id", ignore_index=True)
     return EFIResult(at=at_date, frame=frame, deficits=tuple(names), policy=disclosure_policy(kid))
 
 
-def _finish_efi_frame(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
-    for name in names:
-        frame[name] = frame[name].astype(bool)
-    frame["deficit_count"] = frame["deficit_count"].astype("int16")
+def decode_deficits(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """Unpack ``deficit_mask`` and ``drugs_12m`` into the 36 flags, count, score and category.
+
+    Examples
+    --------
+    >>> f = pd.DataFrame({"age": [80], "deficit_mask": [0b101], "drugs_12m": [5]})
+    >>> out = decode_deficits(f, ["a", "b", "c", "polypharmacy"])
+    >>> out[["a", "b", "c", "polypharmacy", "deficit_count"]].values.tolist()
+    [[True, False, True, True, 3]]
+    """
+    coded = list(names[:-1])
+    masks = frame.pop("deficit_mask").to_numpy(dtype=np.int64)
+    flags = ((masks[:, None] >> np.arange(len(coded), dtype=np.int64)) & 1).astype(bool)
+    decoded = pd.DataFrame(flags, columns=coded, index=frame.index)
+    decoded[POLYPHARMACY] = frame["drugs_12m"].to_numpy() >= POLYPHARMACY_MIN_DRUGS
+    count = decoded.to_numpy().sum(axis=1)
+    position = list(frame.columns).index("drugs_12m")
+    frame = pd.concat([frame.iloc[:, :position], decoded, frame.iloc[:, position:]], axis=1)
+    frame["drugs_12m"] = frame["drugs_12m"].astype("int32")
+    frame["deficit_count"] = count.astype("int16")
     frame["age"] = frame["age"].astype("int16")
     frame["score"] = frame["deficit_count"] / EFI_DEFICIT_TOTAL
     frame["category"] = pd.Categorical.from_codes(
@@ -591,7 +608,7 @@ def _finish_efi_frame(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame
         categories=list(EFI_CATEGORIES),
         ordered=True,
     )
-    return frame.sort_values("person_id", ignore_index=True)
+    return frame
 
 
 # ------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from kidresearch.frailty import (
     DateLike,
     KIDLike,
     as_date,
+    decode_deficits,
     deficit_codelist,
     disclosure_policy,
     efi_query,
@@ -222,8 +223,8 @@ def features(
     start = months_before(at_date, back)
     codes = deficit_codelist()
     base = efi_query(kid, at_date, codelist=codes)
-    ltc = [d for d in LONG_TERM_CONDITIONS if d in base.columns]
-    coded = [d for d in pd.unique(codes.deficit) if d != POLYPHARMACY]
+    ltc = [d for d in LONG_TERM_CONDITIONS if d in set(codes.deficit)]
+    coded = [str(d) for d in pd.unique(codes.deficit)]
 
     def prior(table: str, date_col: str, name: str, keep: Any = None) -> ibis.Table:
         t = kid.table(table)
@@ -267,7 +268,7 @@ def features(
             spells = spells.filter(acsc_filter(spells.primary_diagnosis_icd10))
         admitted = spells.group_by("person_id").aggregate(outcome_events=spells.count())
         expr = expr.left_join(admitted, "person_id").drop("person_id_right")
-    frame = expr.to_pandas()
+    frame = decode_deficits(expr.to_pandas(), [*coded, POLYPHARMACY])
     for name in (
         "emergency_admissions",
         "emergency_admissions_12m",
