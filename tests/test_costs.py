@@ -385,3 +385,10 @@ def test_released_units_blank_small_and_dominated_units() -> None:
     assert np.isnan(released.loc["tiny", "ratio_age_sex"])  # 5 people: below the threshold
     assert np.isnan(released.loc["A", "ratio_crude"])  # dominance
     assert cm.units.set_index("unit").loc["A", "ratio_crude"] > 1.5  # kept for analysis
+
+
+def test_person_costs_plot_draws_the_lorenz_curve(hand_made_costs: PersonCosts) -> None:
+    ax = hand_made_costs.plot()
+    x, y = ax.lines[0].get_data()
+    assert x[0] == 0 and y[-1] == pytest.approx(1.0)
+    assert "Gini" in ax.get_title()

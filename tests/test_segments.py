@@ -348,3 +348,11 @@ def test_demo_frailty_segment_flag_matches_true_efi_share(kid_all_tables, demo_t
     assert set(f.loc[f.is_frailty, "segment"].astype(str)) <= {"frailty", "end_of_life"}
     table = segments.crosstab_deprivation(seg)
     assert table.released.loc["Total", "Total"] == pytest.approx(len(f), abs=5)
+
+
+def test_segment_plot_shows_released_counts(hand_made: Segmentation) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = hand_made.plot()
+    assert "segments" in ax.get_title()
