@@ -462,9 +462,8 @@ def protect(
     suppressed = np.asarray(primary, dtype=bool).copy()
     required = np.asarray(required, dtype=float)
     n = len(values)
-    a = structure.equations()
-    a_abs = abs(a).astype(np.int64).tocsr()
-    a_csc = a.tocsc()
+    a_abs: sp.csr_matrix | None = None
+    a_csc: sp.csc_matrix | None = None
     # Cheapest partners first: small positive values; zeros (which cannot absorb a decrease)
     # and then margins only when nothing else is left.
     big = float(np.nanmax(np.abs(values))) + 1.0 if n else 1.0
@@ -501,6 +500,11 @@ def protect(
         rounds += 1
         if certified[suppressed].all():
             break
+        if a_abs is None or a_csc is None:
+            # The equations are only needed when the hypercubes left a cell uncertified.
+            a = structure.equations()
+            a_abs = abs(a).astype(np.int64).tocsr()
+            a_csc = a.tocsc()
         _close_singletons(a_abs, suppressed, cost)
         certified |= ~suppressed
         certified[suppressed] |= required[suppressed] <= 0

@@ -734,7 +734,7 @@ def _finish(
     data["status"] = pd.Categorical(status)
     data["rule"] = pd.Categorical(np.where(status == "secondary", "secondary", rule))
     data["rules"] = pd.Categorical(all_rules)
-    data["reason"] = reason
+    data["reason"] = pd.Categorical(reason)
     cells = pd.DataFrame(data)
     index_cols = tuple(c for dim in dims[:index_dims] for c in dim.label_columns)
     column_cols = tuple(c for dim in dims[index_dims:] for c in dim.label_columns)
