@@ -37,11 +37,13 @@ CHILD = textwrap.dedent(
     t0 = time.perf_counter()
     result = generate(scn, out=out, workers=workers)
     wall = time.perf_counter() - t0
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"wall_s": wall, "rows": sum(result.row_counts.values()),
-                      "rows_by_feed": result.row_counts, "parent_rss_mb": self_kb / 1024,
-                      "worker_rss_mb": child_kb / 1024}))
+                      "rows_by_feed": result.row_counts, "parent_rss_mb": me.ru_maxrss / 1024,
+                      "worker_rss_mb": kids.ru_maxrss / 1024,
+                      "parent_cpu_s": me.ru_utime + me.ru_stime,
+                      "worker_cpu_s": kids.ru_utime + kids.ru_stime}))
     """
 )
 
@@ -163,7 +165,8 @@ def main() -> None:
             print(
                 f"run {i + 1}/{args.runs}: {res['wall_s']:.1f} s, {res['rows']:,} rows, "
                 f"parent peak RSS {res['parent_rss_mb']:.0f} MB, "
-                f"worker peak RSS {res['worker_rss_mb']:.0f} MB"
+                f"worker peak RSS {res['worker_rss_mb']:.0f} MB, CPU parent "
+                f"{res['parent_cpu_s']:.0f} s + workers {res['worker_cpu_s']:.0f} s"
             )
         walls = [r["wall_s"] for r in results]
         peak = max(r["parent_rss_mb"] + args.workers * r["worker_rss_mb"] for r in results)
