@@ -439,8 +439,9 @@ class _Builder:
             table, source_types=types, linked=linked, nhs_integer=None if linked else "_nhs_int"
         )
         self.checks[feed] = checks
+        has_csv = any(e.feed == feed and e.fmt == "csv" for e in self.extracts)
         typed = ",\n".join(
-            f"{typed_expression(c, types.get(c.name))} AS t_{c.name}"
+            f"{typed_expression(c, types.get(c.name), trim=has_csv)} AS t_{c.name}"
             for c in table.columns
             if c.name != "nhs_number"
         )

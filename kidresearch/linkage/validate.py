@@ -106,18 +106,20 @@ class Check:
     guard: str = ""  # evaluated only for rows where this SQL is true (see problem_case)
 
 
-def typed_expression(column: Column, source_type: str | None) -> str:
+def typed_expression(column: Column, source_type: str | None, *, trim: bool = True) -> str:
     """SQL turning the raw column into its dictionary type (NULL when it does not parse).
 
-    ``source_type`` is the DuckDB type the raw column arrived as; text from CSV files is
-    trimmed and empty strings count as missing.
+    ``source_type`` is the DuckDB type the raw column arrived as. Empty strings count as
+    missing. Text is trimmed when ``trim`` (CSV extracts); typed Parquet strings are taken as
+    sent (a padded code then fails its pattern check and is quarantined, not silently fixed),
+    which also saves a string copy per value at Kent scale.
     """
     target = duckdb_type(column.dtype)
     name = quote(column.name)
     if source_type == target and target != "VARCHAR":
         return name
     if source_type in (None, "VARCHAR"):
-        text = f"NULLIF(trim({name}), '')"
+        text = f"NULLIF(trim({name}), '')" if trim else f"NULLIF({name}, '')"
         if target == "VARCHAR":
             return text
         # Text is parsed strictly: DuckDB would otherwise round '12.5' into an integer and
