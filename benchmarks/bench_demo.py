@@ -115,7 +115,9 @@ def main() -> int:
             if args.keep is not None and i == args.repeat - 1:
                 shutil.rmtree(args.keep, ignore_errors=True)
                 shutil.copytree(out, args.keep)
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_mib = usage.ru_maxrss / 1024
+    cpu = usage.ru_utime + usage.ru_stime  # every finished descendant (kernels included)
     walls = [r["wall"] for r in runs]
     median = statistics.median(walls)
     median_run = min(runs, key=lambda r: abs(r["wall"] - median))
@@ -127,6 +129,10 @@ def main() -> int:
     if target:
         print(f"  target             {target:8.1f} s   ratio {median / target:.2f}")
     print(f"  peak RSS (largest child process) {peak_mib:,.0f} MiB")
+    print(f"  CPU time, all processes, per run {cpu / len(runs):8.1f} s (load-independent)")
+    print(
+        f"  load average at the end          {os.getloadavg()[0]:.1f} (a busy machine inflates wall time)"
+    )
     print("  phases of the median run:")
     for label, seconds in median_run["phases"].items():
         print(f"    {label:<60} {seconds:8.1f} s")
