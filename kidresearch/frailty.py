@@ -394,7 +394,9 @@ def efi_query(
     rx = _rx_substances(kid.table("prescriptions"))
     window_start = months_before(at, POLYPHARMACY_MONTHS)
     rx = rx.filter((rx.issue_date > ibis.literal(window_start)) & (rx.issue_date <= at))
-    drugs = rx.group_by("person_id").aggregate(drugs_12m=rx.substance.nunique())
+    # Distinct pairs then a count: hash aggregates parallelise where COUNT(DISTINCT) does not.
+    pairs = rx.select("person_id", "substance").distinct()
+    drugs = pairs.group_by("person_id").aggregate(drugs_12m=pairs.count())
 
     joined = people.left_join(masks, "person_id").drop("person_id_right")
     joined = joined.left_join(drugs, "person_id").drop("person_id_right")
