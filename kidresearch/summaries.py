@@ -397,3 +397,57 @@ def naive_vs_matched(
             }
         )
     return pd.DataFrame(rows)
+
+
+def checked_counts(
+    frame: pd.DataFrame,
+    name: str,
+    *,
+    counts: Sequence[str],
+    keys: Sequence[str] | None = None,
+    policy: Any = None,
+    derived: Sequence[str] | None = None,
+) -> CheckedSummary:
+    """Put a tidy table's count columns through disclosure control and make it releasable.
+
+    The count columns go through :func:`kidresearch.sdc.check_table` one by one (one cell per
+    row, no margins; :func:`kidresearch.frailty.release`); derived numbers are then blanked in
+    rows where a count was suppressed (:func:`checked_summary`).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        One row per cell: label columns (``keys``), count columns and derived numbers.
+    name : str
+        Output name.
+    counts : list of str
+        Columns of whole, non-negative counts.
+    keys : list of str, optional
+        Label columns (default: the columns that are neither counts nor floats).
+    policy : kidresearch.sdc.DisclosurePolicy, optional
+        The proposal's output policy (default: the package default).
+    derived : list of str, optional
+        As :func:`checked_summary`.
+
+    Returns
+    -------
+    CheckedSummary
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"group": ["a", "b"], "people": [40, 3], "rate": [0.1, 0.5]})
+    >>> out = checked_counts(frame, "groups", counts=["people"], keys=["group"])
+    >>> out.released[["people", "people_status", "rate"]].to_dict("list")
+    {'people': [40.0, nan], 'people_status': ['ok', 'primary:threshold'], 'rate': [0.1, nan]}
+    """
+    from kidresearch.frailty import release as release_counts
+
+    missing = [c for c in counts if c not in frame.columns]
+    if missing:
+        raise DisclosureError(
+            f"checked_counts('{name}'): count column(s) {missing} are not in the frame "
+            f"(columns: {list(frame.columns)})"
+        )
+    counted = release_counts(frame, counts=counts, keys=keys, name=name, policy=policy)
+    return checked_summary(counted, name, derived=derived)
