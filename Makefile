@@ -23,7 +23,8 @@ demo: $(BIN)/kid
 	$(BIN)/kid demo --out $(DEMO) --seed $(SEED)
 
 test: $(BIN)/kid
-	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	# Two xdist workers on two cores: one BLAS thread each, or small solves oversubscribe the CPU.
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(BIN)/kid
 	$(BIN)/ruff check .
