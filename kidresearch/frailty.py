@@ -694,15 +694,19 @@ def _trend_deltas(
         people = people.mutate(by_value=people.practice_code)
     else:
         people = people.mutate(by_value=ibis.literal("all"))
-    people = people.filter(people.entry < people.exit).select(
-        "person_id", "sex", "born", "entry", "exit", by_value=people.by_value.cast("string")
-    )
+    # Only people registered at some period end and old enough by the last one can count.
+    last_month = periods.first_month + (n - 1) * periods.step
+    people = people.filter(
+        (people.entry < people.exit) & (last_month - people.born >= 12 * min_band * 5)
+    ).select("person_id", "sex", "born", "entry", "exit", by_value=people.by_value.cast("string"))
+    people_ids = people.select("person_id")
 
     zero = ibis.literal(0, type="int32")
     one = ibis.literal(1, type="int32")
     gp = kid.table("gp_events")
     code_table = ibis.memtable(codes)
     hits = gp.join(code_table, gp.snomed_code == code_table.snomed_code)
+    hits = hits.join(people_ids, "person_id", how="semi")
     onsets = hits.group_by(["person_id", "deficit"]).aggregate(onset=hits.event_date.min())
     deficit_events = onsets.select(
         "person_id", idx=periods.index_of(_mi(onsets.onset)), d_def=one, d_sub=zero
@@ -713,6 +717,17 @@ def _trend_deltas(
     rx = _rx_substances(kid.table("prescriptions"))
     rx = rx.filter((rx.issue_date > ibis.literal(first_window)) & (rx.issue_date <= last_date))
     issues = rx.select("person_id", "substance", m=_mi(rx.issue_date)).distinct()
+    issues = issues.join(people_ids, "person_id", how="semi")
+    # Polypharmacy needs 5 substances at once, so people with fewer in the whole window
+    # never have it: their substance runs are not followed.
+    pairs = issues.select("person_id", "substance").distinct()
+    candidates = (
+        pairs.group_by("person_id")
+        .aggregate(substances=pairs.count())
+        .filter(lambda t: t.substances >= POLYPHARMACY_MIN_DRUGS)
+        .select("person_id")
+    )
+    issues = issues.join(candidates, "person_id", how="semi")
     starts = issues.select("person_id", "substance", idx=periods.index_of(issues.m), delta=one)
     stops = issues.select(
         "person_id",
