@@ -130,7 +130,7 @@ def _cmd_report_verify(args: argparse.Namespace) -> int:
     from kidresearch.reports import verify
 
     result = verify(args.run_dir, data=args.data)
-    _print(result.summary())
+    _print(result)
     return 0 if result.ok else 8
 
 

@@ -674,7 +674,10 @@ class VerifyResult:
 
     def __str__(self) -> str:
         head = "verified: identical released outputs" if self.ok else "NOT verified"
-        lines = [f"{head} ({self.run_dir})", self.comparison.to_string(index=False)]
+        lines = [f"{head} ({self.run_dir})", self.summary().to_string(index=False)]
+        differing = self.comparison[self.comparison["status"] != "same"]
+        if len(differing):
+            lines.append(differing[["output", "status"]].to_string(index=False))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
