@@ -77,8 +77,9 @@ def test_every_analysis_notebook_is_approved_by_a_proposal() -> None:
 # ---------------------------------------------------------------------------- the demo batch
 @pytest.fixture(scope="session")
 def demo_batch(tmp_path_factory: pytest.TempPathFactory, demo_kid: Path) -> dict[str, dict]:
-    """The example proposals' report batch on the demo KID, run once per session (file lock
-    shared by the xdist workers). Returns {proposal id: manifest}, each with its ``run_dir``."""
+    """Each example proposal's notebooks run through `kidresearch.reports.run` on the demo KID,
+    once per session (a file lock shared by the xdist workers). 01_data_overview is left out:
+    tests/test_reports.py runs it. Returns {proposal id: manifest}, each with its ``run_dir``."""
     from kidresearch import reports
 
     base = tmp_path_factory.getbasetemp()
@@ -90,7 +91,10 @@ def demo_batch(tmp_path_factory: pytest.TempPathFactory, demo_kid: Path) -> dict
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not (out / ".complete").exists():
-                reports.run_all(data=demo_kid, out=out, proposals=ROOT / "proposals", jobs=2)
+                for path in sorted((ROOT / "proposals").glob("*.yaml")):
+                    names = yaml.safe_load(path.read_text())["notebooks"]
+                    mine = [n for n in names if n in {p.name for p in MINE}]
+                    reports.run(path, notebooks=mine, data=demo_kid, out=out)
                 (out / ".complete").write_text("done")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -107,7 +111,7 @@ def test_every_example_proposal_ran_every_notebook(demo_batch: dict[str, dict]) 
         proposal = yaml.safe_load(path.read_text())
         manifest = demo_batch[proposal["id"]]
         ran = {n["notebook"]: n for n in manifest["notebooks"]}
-        assert set(ran) == set(proposal["notebooks"])
+        assert set(ran) == set(proposal["notebooks"]) - {"01_data_overview.ipynb"}
         failed = {k: v.get("error") for k, v in ran.items() if v["status"] != "ok"}
         assert not failed, f"{proposal['id']}: {failed}"
         assert manifest["ok"]
@@ -135,14 +139,17 @@ def _released(demo_batch, proposal: str, notebook: str, name: str) -> pd.DataFra
 
 
 def test_frailty_shares_are_near_the_generator_truth(demo_batch, demo_truth) -> None:
-    table = _released(demo_batch, "efi-frailty-65plus", "02_frailty", "efi_overall")
+    table = _released(demo_batch, "efi-frailty-65plus", "02_frailty", "efi_overall_65_95")
     counts = table[table.iloc[:, 0] != "Total"].set_index(table.columns[0])["value"]
     shares = counts / counts.sum()
-    # truth.json: shares among people aged 65-95 on each date; the notebook's date is 2025-04-01.
+    # truth.json: shares among people aged 65-95 on 1 November each year; the notebook's date
+    # is 2023-04-01, 5 months after 2022-11-01: interpolate linearly between the two.
     truth = pd.DataFrame(demo_truth["efi"]["shares_by_date"]).set_index("date")
-    known = truth.loc[truth.index <= "2025-04-01"].iloc[-1]
-    for category in ("fit", "mild", "moderate"):
-        assert abs(shares[category] - known[category]) < 0.05, (category, shares[category])
+    before, after = truth.loc["2022-11-01"], truth.loc["2023-11-01"]
+    known = before + (after - before) * 5 / 12
+    # Rounded counts (base 5), 1-2% unlinked records and ages from birth month: 3 points.
+    for category in ("fit", "mild", "moderate", "severe"):
+        assert abs(shares[category] - known[category]) < 0.03, (category, shares[category])
 
 
 def test_cohort_effects_are_released_with_naive_and_matched_estimates(demo_batch) -> None:
