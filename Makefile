@@ -39,7 +39,7 @@ docs: $(BIN)/kid
 
 lab: $(BIN)/kid
 	$(BIN)/python -m ipykernel install --sys-prefix --name kidresearch --display-name "Python (kidresearch)"
-	KID_DATA=$(abspath $(DEMO))/kid $(BIN)/jupyter lab --notebook-dir=notebooks
+	KID_DATA=$(abspath $(DEMO))/kid $(BIN)/jupyter lab --notebook-dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 bench: $(BIN)/kid
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
