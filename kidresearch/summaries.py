@@ -45,6 +45,10 @@ import pandas as pd
 from kidresearch.errors import DisclosureError, KidError
 
 STATUS_SUFFIX = "_status"
+#: Significant figures of released non-count numbers: enough for any estimate, and few enough
+#: that a different summation order (e.g. rows arriving in another order from a parallel
+#: query) cannot change the released bytes.
+SIGNIFICANT_DIGITS = 6
 #: Statuses of a count that was released as it is or rounded (anything else was suppressed).
 RELEASED_STATUSES = ("ok", "rounded")
 
@@ -114,6 +118,23 @@ class CheckedSummary:
         return self.released.to_html(index=False, na_rep="")
 
 
+def round_significant(values: pd.Series, digits: int = SIGNIFICANT_DIGITS) -> pd.Series:
+    """Round numbers to ``digits`` significant figures (missing values stay missing).
+
+    Examples
+    --------
+    >>> round_significant(pd.Series([3967.999668737, -0.1884057971, 0.0, None])).tolist()
+    [3968.0, -0.188406, 0.0, nan]
+    """
+    v = values.to_numpy(dtype="float64", copy=True)
+    where = np.flatnonzero(np.isfinite(v) & (v != 0))
+    decimals = digits - 1 - np.floor(np.log10(np.abs(v[where]))).astype(int)
+    for d in np.unique(decimals):  # one pass per order of magnitude, not per value
+        rows = where[decimals == d]
+        v[rows] = np.round(v[rows], int(d))
+    return pd.Series(v, index=values.index, name=values.name)
+
+
 def _check_record(check: Any) -> tuple[bool, dict[str, Any]]:
     record = getattr(check, "record", None)
     if record is None or not hasattr(check, "passed"):
@@ -131,6 +152,7 @@ def checked_summary(
     *,
     derived: Sequence[str] | None = None,
     checks: Sequence[Any] = (),
+    digits: int | None = SIGNIFICANT_DIGITS,
 ) -> CheckedSummary:
     """Make a recipe's disclosure-checked summary frame releasable.
 
@@ -147,6 +169,9 @@ def checked_summary(
     checks : sequence of checked outputs, optional
         Further checks the numbers rest on (e.g. :func:`kidresearch.sdc.check_model` of the
         fitted models); the summary passes only if all pass.
+    digits : int or None, default 6
+        Significant figures of the non-count float columns (None: as they are), so re-runs
+        give identical released files.
 
     Returns
     -------
@@ -215,6 +240,11 @@ def checked_summary(
         else:
             values = values.astype(object)
         out[column] = values.mask(suppressed)
+    if digits is not None:
+        for column in out.columns:
+            if column in count_cols or not pd.api.types.is_float_dtype(out[column]):
+                continue
+            out[column] = round_significant(out[column], digits)
     passed = True
     reasons: list[str] = []
     models: list[dict[str, Any]] = []
@@ -407,6 +437,7 @@ def checked_counts(
     keys: Sequence[str] | None = None,
     policy: Any = None,
     derived: Sequence[str] | None = None,
+    digits: int | None = SIGNIFICANT_DIGITS,
 ) -> CheckedSummary:
     """Put a tidy table's count columns through disclosure control and make it releasable.
 
@@ -427,6 +458,8 @@ def checked_counts(
     policy : kidresearch.sdc.DisclosurePolicy, optional
         The proposal's output policy (default: the package default).
     derived : list of str, optional
+        As :func:`checked_summary`.
+    digits : int or None, default 6
         As :func:`checked_summary`.
 
     Returns
@@ -450,4 +483,4 @@ def checked_counts(
             f"(columns: {list(frame.columns)})"
         )
     counted = release_counts(frame, counts=counts, keys=keys, name=name, policy=policy)
-    return checked_summary(counted, name, derived=derived)
+    return checked_summary(counted, name, derived=derived, digits=digits)

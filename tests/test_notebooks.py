@@ -127,9 +127,9 @@ def test_released_outputs_exist_and_nothing_is_withheld_unexpectedly(demo_batch)
                 assert key in EXPECTED_WITHHELD, f"{key} withheld: {output['reasons']}"
                 continue
             assert output["status"] == "released", key
-            folder = manifest["run_dir"] / "released" / Path(output["notebook"]).stem
-            for name in output["files"]:
-                assert (folder / name).stat().st_size > 0, f"{key}: {name} missing"
+            for written in output["files"]:
+                path = manifest["run_dir"] / written["path"]
+                assert path.stat().st_size > 0, f"{key}: {path} missing"
     assert {p.name for p in MINE} <= seen
 
 

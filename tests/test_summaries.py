@@ -12,7 +12,13 @@ import pytest
 
 from kidresearch import reports, sdc
 from kidresearch.errors import DisclosureError, KidError
-from kidresearch.summaries import checked_summary, load_truth, naive_vs_matched, truth_path
+from kidresearch.summaries import (
+    checked_summary,
+    load_truth,
+    naive_vs_matched,
+    round_significant,
+    truth_path,
+)
 
 
 def _summary() -> pd.DataFrame:
@@ -141,3 +147,20 @@ def test_naive_vs_matched_by_hand() -> None:
     assert (row["matched_difference"], row["treated"], row["controls"]) == (1.5, 2, 4)
     with pytest.raises(KidError, match="not columns of the cohort"):
         naive_vs_matched(study, matched, ["cost_gbp"])
+
+
+def test_released_numbers_are_rounded_to_significant_figures() -> None:
+    frame = _summary().assign(hr=[1.0, 1.7000000000000002, 2.2], rate=[3967.999668737, 1e-7, 0])
+    released = checked_summary(frame, "hrs").released
+    assert released["hr"].tolist()[:2] == [1.0, 1.7]
+    assert released["rate"].tolist()[:2] == [3968.0, 1e-7]
+    # Counts are left as disclosure control released them.
+    assert released["people"].tolist() == [6330.0, 2270.0, 20.0]
+    assert checked_summary(frame, "raw", digits=None).released["hr"].iloc[1] == 1.7000000000000002
+
+
+def test_round_significant_by_hand() -> None:
+    values = pd.Series([123456789.0, -0.000123456789, 0.5, np.nan, -np.inf])
+    rounded = round_significant(values, 3).tolist()
+    assert rounded[:3] == [123000000.0, -0.000123, 0.5]
+    assert np.isnan(rounded[3]) and rounded[4] == -np.inf
