@@ -326,7 +326,7 @@ def bench_kent_cohorts(kid_dir: str, truth_path: str | None, proposal: str) -> N
                 built = time.perf_counter() - start
                 result = study.match(ratio=3)
             matched = time.perf_counter() - start - built
-            effect = result.estimate(outcome, model="poisson")
+            effect = result.estimate(outcome, model="poisson", time="follow_up_days")
             data = study.data
             naive = (
                 data.loc[data.treated == 1, outcome].mean()

@@ -1468,8 +1468,9 @@ def cohort_study(
     ``lookback_start`` when approved) cannot be seen: approve a lookback for a full eFI. Treated people
     not eligible on their enrolment date (younger than ``min_age``, not registered, dead) are
     left out with a :class:`~kidresearch.errors.DroppedRowsWarning` giving the count. People
-    enrolled later can be controls at a drawn date before their enrolment; their follow-up may
-    then include some time after enrolment (contamination towards no effect).
+    enrolled later can be controls at a drawn date before their enrolment, followed up only until
+    they enrol (``follow_up_days`` is then shorter: use ``estimate(..., time="follow_up_days")``
+    for a rate ratio).
     """
     import ibis
 
@@ -1552,6 +1553,12 @@ def cohort_study(
             "cannot measure deprivation."
         )
     cohort["row_id"] = np.arange(len(cohort), dtype=np.int64)
+    # A control enrolled later is followed up only until its enrolment (censored there, as in
+    # sequential trial emulation), so no treated time counts as control time.
+    enrolled_on = _as_dates(cohort["person_id"].map(first.set_index("person_id")["index_date"]))
+    fu_end = index + pd.Timedelta(days=follow_up_days)
+    censor = (cohort["treated"] == 0) & enrolled_on.notna() & (enrolled_on < fu_end)
+    fu_end = fu_end.where(~censor, enrolled_on)
 
     windows = pd.DataFrame(
         {
@@ -1560,7 +1567,7 @@ def cohort_study(
             "index_date": index.dt.date,
             "prior_12m_start": (index - pd.Timedelta(days=365)).dt.date,
             "lookback_start": (index - pd.Timedelta(days=lookback_days)).dt.date,
-            "follow_up_end": (index + pd.Timedelta(days=follow_up_days)).dt.date,
+            "follow_up_end": fu_end.dt.date,
         }
     )
     win = ibis.memtable(windows)
@@ -1674,7 +1681,6 @@ def cohort_study(
         cohort["cost_gbp"] = cohort["cost_gbp"].fillna(0.0)
 
     death = _as_dates(cohort["date_of_death"])
-    fu_end = index + pd.Timedelta(days=follow_up_days)
     cohort["death"] = (death.notna() & (death < fu_end)).astype(np.int64)
     end = fu_end.copy()
     for limit in (death, _as_dates(cohort["registration_end"])):
