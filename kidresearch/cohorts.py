@@ -1352,14 +1352,40 @@ BASELINE_COVARIATES = (
     "female",
     "imd_quintile",
     "efi_deficits",
+    "polypharmacy",
+    "efi_mild",
+    "efi_moderate",
+    "efi_severe",
+    "lives_alone",
+    "household_unknown",
     "gp_events_12m",
     "prescriptions_12m",
     "emergency_admissions_prior_12m",
+    "emergency_admissions_prior_12m_capped",
     "ae_attendances_prior_12m",
     "emergency_admissions_lookback",
     "ae_attendances_lookback",
     "gp_events_lookback",
 )
+
+#: Prior emergency admissions are also entered capped at this many (a saturating effect).
+_PRIOR_EMERGENCY_CAP = 5
+
+
+def _informative(data: pd.DataFrame, covariates: Sequence[str]) -> list[str]:
+    """Covariates that vary and do not repeat an earlier one (others would make the propensity
+    model rank deficient), dropping the rest with a logged note."""
+    keep: list[str] = []
+    for name in covariates:
+        col = data[name]
+        if col.nunique(dropna=False) < 2:
+            logger.info("cohort_study: covariate %s is constant in this cohort; not used", name)
+        elif any(col.equals(data[k]) for k in keep if data[k].dtype == col.dtype):
+            logger.info("cohort_study: covariate %s repeats another in this cohort; not used", name)
+        else:
+            keep.append(name)
+    return keep
+
 
 _DAYS_PER_MONTH = 365.25 / 12
 
@@ -1430,7 +1456,9 @@ def cohort_study(
         An open :class:`kidresearch.access.KID` session (anything with ``table(name)`` and
         ``to_pandas(expr)``) whose proposal approves ``persons``, ``lsoas``, the exposure table,
         ``gp_events``, ``prescriptions``, ``inpatient_spells`` and ``ae_attendances`` (and
-        ``costs`` for ``cost_gbp``).
+        ``costs`` for ``cost_gbp``). With ``prescriptions.bnf_code`` approved the eFI counts
+        polypharmacy; with ``persons.household_id`` approved ``lives_alone`` is measured
+        (otherwise each is left out, with a logged note).
     exposure
         The exposure table; ``"programme_enrolments"`` (the only one so far).
     outcomes
@@ -1439,8 +1467,8 @@ def cohort_study(
     programme
         The programme whose enrolees are treated.
     lookback
-        Window before the index date in which eFI deficits are looked for (``"3y"``); prior
-        use (admissions, A&E, prescriptions) is counted in the 12 months before.
+        Window before the index date for the longer prior-use counts (``"3y"``: GP events,
+        emergency admissions and A&E attendances); the eFI is not limited by it.
     follow_up
         Outcome window from the index date (``"12m"``).
     min_age
@@ -1460,21 +1488,43 @@ def cohort_study(
     treated people's enrolment dates, so the two groups' dates share a distribution;
     :meth:`CohortStudy.match` then matches exactly on the index month, so each matched control's
     index date lies in the calendar month of its treated person's. Covariates are measured at
-    each person's own index date, strictly before it: age (years, to the month), sex, IMD
-    quintile of the LSOA (1 = most deprived), the number of distinct eFI deficits coded in the
-    ``lookback`` window (Clegg et al. 2016 code list, ``kidresearch.frailty``), coded GP
-    events, prescription issues, emergency admissions and A&E attendances in the 12 months
-    before, and GP events, emergency admissions and A&E attendances over the ``lookback``. Deficits coded before the proposal's visible history (``study_period.start``, or
-    ``lookback_start`` when approved) cannot be seen: approve a lookback for a full eFI. Treated people
-    not eligible on their enrolment date (younger than ``min_age``, not registered, dead) are
-    left out with a :class:`~kidresearch.errors.DroppedRowsWarning` giving the count. People
+    each person's own index date, strictly before it:
+
+    * age (years, to the month), ``female``, IMD quintile of the LSOA (1 = most deprived);
+    * the electronic frailty index as Clegg et al. 2016 define it (``kidresearch.frailty``):
+      ``efi_deficits``, the coded deficits *ever* recorded before the index date (deficits are
+      never resolved), ``polypharmacy`` (5+ distinct BNF chemical substances from chapters 1-15
+      issued in the 365 days before), and the category of their sum as dummies ``efi_mild``,
+      ``efi_moderate``, ``efi_severe`` (fit is the reference); ``efi_count``, ``efi`` (score)
+      and ``efi_category`` are kept in the data too, outside the covariates;
+    * ``lives_alone``: 1 when the person's household (``household_id``) has no other member
+      alive and registered on the index date; ``household_unknown`` when there is no
+      ``household_id``;
+    * prior use in the 365 days before: GP events, prescription issues, emergency admissions
+      (also capped at 5), A&E attendances; and over the ``lookback``: GP events, emergency
+      admissions, A&E attendances.
+
+    Deficits coded before the proposal's visible history (``study_period.start``, or
+    ``lookback_start`` when approved) cannot be seen: approve a ``lookback_start`` for a full
+    eFI. Covariates constant in the cohort, or repeating another, are left out of
+    ``covariates`` (logged), since they would make the propensity model rank deficient. Treated
+    people not eligible on their enrolment date (younger than ``min_age``, not registered, dead)
+    are left out with a :class:`~kidresearch.errors.DroppedRowsWarning` giving the count. People
     enrolled later can be controls at a drawn date before their enrolment, followed up only until
     they enrol (``follow_up_days`` is then shorter: use ``estimate(..., time="follow_up_days")``
     for a rate ratio).
     """
     import ibis
 
-    from kidresearch.frailty import deficit_codelist, parse_months
+    from kidresearch.frailty import (
+        EFI_CATEGORIES,
+        EFI_DEFICIT_TOTAL,
+        POLYPHARMACY_MIN_DRUGS,
+        _category_codes,
+        _rx_substances,
+        deficit_codelist,
+        parse_months,
+    )
 
     if exposure != "programme_enrolments":
         raise MatchingError(
@@ -1643,7 +1693,6 @@ def cohort_study(
                 "index_date",
             )
         )
-    codes = ibis.memtable(deficit_codelist()[["snomed_code", "deficit"]])
     gp = kid.table("gp_events")
     gp_win = gp.join(win, "person_id")
     gp_win = gp_win.filter(
@@ -1657,12 +1706,15 @@ def cohort_study(
             )
         )
     )
-    hits = gp_win.join(codes, gp_win.snomed_code == codes.snomed_code).select("row_id", "deficit")
-    hits = hits.distinct()
-    parts.append(kid.to_pandas(hits.group_by("row_id").aggregate(efi_deficits=hits.count())))
-
-    for part in parts:
-        cohort = cohort.merge(part, on="row_id", how="left")
+    # eFI deficits ever coded before the index date (Clegg et al. 2016: deficits are never
+    # resolved), from each person's first date per deficit, found once.
+    codes = ibis.memtable(deficit_codelist()[["snomed_code", "deficit"]])
+    hits = gp.join(codes, gp.snomed_code == codes.snomed_code)
+    hits = hits.join(win.select("person_id").distinct(), "person_id", how="semi")
+    onsets = hits.group_by(["person_id", "deficit"]).aggregate(onset=hits.event_date.min())
+    onsets = onsets.join(win.select("row_id", "person_id", "index_date"), "person_id")
+    onsets = onsets.filter(onsets.onset < onsets.index_date)
+    parts.append(kid.to_pandas(onsets.group_by("row_id").aggregate(efi_deficits=onsets.count())))
     count_cols = [
         "emergency_admissions_prior_12m",
         "emergency_admissions",
@@ -1676,7 +1728,67 @@ def cohort_study(
         "ae_attendances_lookback",
         "gp_events_lookback",
     ]
+    covariates = list(BASELINE_COVARIATES)
+    rx_table = kid.table("prescriptions")
+    if "bnf_code" in rx_table.columns:
+        # Polypharmacy, the 36th deficit: 5+ distinct chemical substances (BNF chapters 1-15)
+        # issued in the 12 months before the index date.
+        rx = _rx_substances(rx_table).join(win, "person_id")
+        rx = rx.filter((rx.issue_date >= rx.prior_12m_start) & (rx.issue_date < rx.index_date))
+        pairs = rx.select("row_id", "substance").distinct()
+        parts.append(kid.to_pandas(pairs.group_by("row_id").aggregate(drugs_12m=pairs.count())))
+        count_cols.append("drugs_12m")
+    else:
+        logger.info(
+            "cohort_study: prescriptions.bnf_code is not approved for this proposal, so the eFI "
+            "has no polypharmacy deficit (35 of 36 deficits)"
+        )
+        covariates.remove("polypharmacy")
+    persons_table = kid.table("persons")
+    if "household_id" in persons_table.columns:
+        # Household size at the index date: members (same household_id) alive and registered.
+        homes = persons_table.filter(persons_table.household_id.notnull())
+        mine = win.join(homes.select("person_id", "household_id"), "person_id")
+        mine = mine.select("row_id", "index_date", "household_id")
+        members = mine.join(homes.drop("person_id"), "household_id")
+        at = members.index_date
+        members = members.filter(
+            (members.registration_start <= at)
+            & (members.registration_end.isnull() | (members.registration_end >= at))
+            & (members.date_of_death.isnull() | (members.date_of_death > at))
+        )
+        parts.append(
+            kid.to_pandas(members.group_by("row_id").aggregate(household_size=members.count()))
+        )
+    else:
+        logger.info(
+            "cohort_study: persons.household_id is not approved for this proposal, so "
+            "lives_alone is not measured"
+        )
+        covariates = [c for c in covariates if c not in ("lives_alone", "household_unknown")]
+
+    for part in parts:
+        cohort = cohort.merge(part, on="row_id", how="left")
     cohort[count_cols] = cohort[count_cols].fillna(0).astype(np.int64)
+    if "polypharmacy" in covariates:
+        cohort["polypharmacy"] = (cohort["drugs_12m"] >= POLYPHARMACY_MIN_DRUGS).astype(float)
+        cohort["efi_count"] = cohort["efi_deficits"] + cohort["polypharmacy"].astype(np.int64)
+    else:
+        cohort["efi_count"] = cohort["efi_deficits"]
+    cohort["efi"] = cohort["efi_count"] / EFI_DEFICIT_TOTAL
+    category = _category_codes(cohort["efi_count"].to_numpy())
+    cohort["efi_category"] = pd.Categorical.from_codes(category, categories=list(EFI_CATEGORIES))
+    for code, name in enumerate(EFI_CATEGORIES[1:], start=1):
+        cohort[f"efi_{name}"] = (category == code).astype(float)
+    cohort["emergency_admissions_prior_12m_capped"] = np.minimum(
+        cohort["emergency_admissions_prior_12m"], _PRIOR_EMERGENCY_CAP
+    )
+    if "household_size" in cohort.columns:
+        # Someone registered at the index date counts themselves, so a size of 1 is alone; no
+        # household_id (no UPRN sent) is "unknown", kept as its own indicator.
+        cohort["household_unknown"] = cohort["household_size"].isna().astype(float)
+        cohort["lives_alone"] = (cohort["household_size"] == 1).astype(float)
+    covariates = _informative(cohort, covariates)
     if "cost_gbp" in outcomes:
         cohort["cost_gbp"] = cohort["cost_gbp"].fillna(0.0)
 
@@ -1695,7 +1807,10 @@ def cohort_study(
         "index_date",
         "index_month",
         "treated",
-        *BASELINE_COVARIATES,
+        *covariates,
+        "efi_count",
+        "efi",
+        "efi_category",
         *outcomes,
         "follow_up_days",
     ]
@@ -1709,7 +1824,7 @@ def cohort_study(
     return CohortStudy(
         data=data,
         treatment="treated",
-        covariates=BASELINE_COVARIATES,
+        covariates=tuple(covariates),
         outcomes=tuple(outcomes),
         programme=programme,
         lookback_months=lookback_months,

@@ -597,6 +597,61 @@ def test_cohort_study_counts_match_a_pandas_reference(programme_kid, frailty_stu
     assert set(data.loc[data.treated == 0, "index_date"]) <= treated_dates
 
 
+def test_cohort_study_frailty_covariates_match_a_pandas_reference(
+    programme_kid, frailty_study
+) -> None:
+    """Full eFI (deficits ever coded before the index date, Clegg et al. 2016), polypharmacy
+    (5+ distinct BNF chapter 1-15 substances in the 365 days before) and living alone,
+    recomputed here in pandas for a sample of rows."""
+    data = frailty_study.data
+    assert {"polypharmacy", "efi_mild", "efi_moderate", "efi_severe", "lives_alone"} <= set(
+        frailty_study.covariates
+    )
+    sample = pd.concat([data[data.treated == 1].head(30), data[data.treated == 0].head(30)])
+    ids = set(sample.person_id)
+    codes = load("efi_deficits", dtype={"snomed_code": str}).dropna(subset=["snomed_code"])
+    gp = programme_kid.to_pandas(programme_kid.table("gp_events"))
+    gp = gp[gp.person_id.isin(ids)].merge(codes[["snomed_code", "deficit"]], on="snomed_code")
+    gp["event_date"] = pd.to_datetime(gp["event_date"])
+    rx = programme_kid.to_pandas(programme_kid.table("prescriptions"))
+    rx = rx[rx.person_id.isin(ids) & rx.bnf_chapter.between(1, 15)].copy()
+    rx["issue_date"] = pd.to_datetime(rx["issue_date"])
+    persons = programme_kid.to_pandas(programme_kid.table("persons"))
+    for col in ("registration_start", "registration_end", "date_of_death"):
+        persons[col] = pd.to_datetime(persons[col])
+    for _, row in sample.iterrows():
+        index = pd.Timestamp(row.index_date)
+        mine = gp[(gp.person_id == row.person_id) & (gp.event_date < index)]
+        deficits = mine.deficit.nunique()  # no lower date bound: ever coded before the index
+        drugs = rx[
+            (rx.person_id == row.person_id)
+            & (rx.issue_date >= index - pd.Timedelta(days=365))
+            & (rx.issue_date < index)
+        ].bnf_code.str[:9]
+        poly = int(drugs.nunique() >= 5)
+        count = deficits + poly
+        assert row.efi_deficits == deficits
+        assert row.polypharmacy == poly
+        assert row.efi_count == count
+        # Clegg et al. 2016 cut-offs on the count: fit 0-4, mild 5-8, moderate 9-12, severe 13+.
+        expected = "fit" if count <= 4 else "mild" if count <= 8 else "moderate"
+        expected = expected if count <= 12 else "severe"
+        assert row.efi_category == expected
+        assert row.efi_mild == (expected == "mild")
+        home = persons.loc[persons.person_id == row.person_id, "household_id"].iloc[0]
+        if pd.isna(home):
+            assert row.lives_alone == 0
+            continue
+        members = persons[
+            (persons.household_id == home)
+            & (persons.registration_start <= index)
+            & (persons.registration_end.isna() | (persons.registration_end >= index))
+            & (persons.date_of_death.isna() | (persons.date_of_death > index))
+        ]
+        assert row.lives_alone == (len(members) == 1)
+    assert data.lives_alone.between(0, 1).all() and 0 < data.lives_alone.mean() < 1
+
+
 def test_frailty_team_effect_recovered_and_naive_comparison_is_not(
     frailty_study, demo_truth: dict
 ) -> None:
