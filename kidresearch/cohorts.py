@@ -1361,15 +1361,11 @@ BASELINE_COVARIATES = (
     "gp_events_12m",
     "prescriptions_12m",
     "emergency_admissions_prior_12m",
-    "emergency_admissions_prior_12m_capped",
     "ae_attendances_prior_12m",
     "emergency_admissions_lookback",
     "ae_attendances_lookback",
     "gp_events_lookback",
 )
-
-#: Prior emergency admissions are also entered capped at this many (a saturating effect).
-_PRIOR_EMERGENCY_CAP = 5
 
 
 def _informative(data: pd.DataFrame, covariates: Sequence[str]) -> list[str]:
@@ -1501,7 +1497,8 @@ def cohort_study(
       alive and registered on the index date; ``household_unknown`` when there is no
       ``household_id``;
     * prior use in the 365 days before: GP events, prescription issues, emergency admissions
-      (also capped at 5), A&E attendances; and over the ``lookback``: GP events, emergency
+      (uncapped: a version capped at 5 is nearly collinear with it, as few people have more,
+      and makes the propensity model ill-conditioned), A&E attendances; and over the ``lookback``: GP events, emergency
       admissions, A&E attendances.
 
     Deficits coded before the proposal's visible history (``study_period.start``, or
@@ -1560,6 +1557,9 @@ def cohort_study(
     lsoas = kid.to_pandas(kid.table("lsoas").select("lsoa_code", "imd_quintile"))
 
     first["index_date"] = _as_dates(first["index_date"])
+    # The database returns groups in no fixed order: sort, so that ``seed`` fixes the draw.
+    first = first.sort_values("person_id", ignore_index=True)
+    persons = persons.sort_values("person_id", ignore_index=True)
     treated = persons.merge(first, on="person_id", how="inner")
     # Every person is a candidate control at a drawn date, as long as they are not yet enrolled
     # then ("not yet treated", as in sequential trial emulation): dropping people enrolled later
@@ -1780,9 +1780,6 @@ def cohort_study(
     cohort["efi_category"] = pd.Categorical.from_codes(category, categories=list(EFI_CATEGORIES))
     for code, name in enumerate(EFI_CATEGORIES[1:], start=1):
         cohort[f"efi_{name}"] = (category == code).astype(float)
-    cohort["emergency_admissions_prior_12m_capped"] = np.minimum(
-        cohort["emergency_admissions_prior_12m"], _PRIOR_EMERGENCY_CAP
-    )
     if "household_size" in cohort.columns:
         # Someone registered at the index date counts themselves, so a size of 1 is alone; no
         # household_id (no UPRN sent) is "unknown", kept as its own indicator.
