@@ -60,6 +60,25 @@ POLYPHARMACY_MIN_DRUGS = 5
 POLYPHARMACY_BNF_CHAPTERS = (1, 15)
 POLYPHARMACY_MONTHS = 12
 BNF_CHEMICAL_SUBSTANCE_CHARS = 9
+# eFI deficits (Clegg et al. 2016) that are long-term conditions (chronic diseases, as in the
+# QOF registers); the remaining deficits are symptoms, disabilities and social circumstances.
+CHRONIC_DEFICITS: tuple[str, ...] = (
+    "arthritis",
+    "atrial_fibrillation",
+    "cerebrovascular_disease",
+    "chronic_kidney_disease",
+    "diabetes",
+    "heart_failure",
+    "heart_valve_disease",
+    "hypertension",
+    "ischaemic_heart_disease",
+    "memory_and_cognitive_problems",
+    "osteoporosis",
+    "parkinsonism_and_tremor",
+    "peripheral_vascular_disease",
+    "respiratory_disease",
+    "thyroid_disease",
+)
 # Development cohort (931,541 people aged 65-95): fit ~50%, mild ~35%, moderate ~12%,
 # severe ~3% (Clegg et al. 2016).
 PUBLISHED_SHARES_65_95: dict[str, float] = {

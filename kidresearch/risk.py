@@ -39,6 +39,7 @@ from scipy import stats as sps
 
 from kidresearch.errors import KidError
 from kidresearch.frailty import (
+    CHRONIC_DEFICITS,
     EFI_CATEGORIES,
     EFI_COUNT_UPPER,
     POLYPHARMACY,
@@ -61,23 +62,7 @@ log = logging.getLogger(__name__)
 # eFI deficits that are long-term conditions (chronic diseases, as in the QOF registers),
 # counted as the "long-term conditions" feature; the remaining deficits are symptoms,
 # disabilities and social circumstances.
-LONG_TERM_CONDITIONS: tuple[str, ...] = (
-    "arthritis",
-    "atrial_fibrillation",
-    "cerebrovascular_disease",
-    "chronic_kidney_disease",
-    "diabetes",
-    "heart_failure",
-    "heart_valve_disease",
-    "hypertension",
-    "ischaemic_heart_disease",
-    "memory_and_cognitive_problems",
-    "osteoporosis",
-    "parkinsonism_and_tremor",
-    "peripheral_vascular_disease",
-    "respiratory_disease",
-    "thyroid_disease",
-)
+LONG_TERM_CONDITIONS: tuple[str, ...] = CHRONIC_DEFICITS
 DEFAULT_FORMULA = (
     "emergency_admission ~ age_10 + C(sex) + emergency_admissions + elective_admissions"
     " + ae_attendances + outpatient_attendances + long_term_conditions + polypharmacy"

@@ -63,6 +63,7 @@ import pandas as pd
 
 from kidresearch.errors import KidError
 from kidresearch.frailty import (
+    CHRONIC_DEFICITS,
     POLYPHARMACY_MIN_DRUGS,
     DateLike,
     KIDLike,
@@ -108,23 +109,7 @@ PRECEDENCE: tuple[str, ...] = (
     "maternal_and_infant",
 )
 #: eFI deficits (Clegg et al. 2016) that are long-term conditions; their codes count as LTCs.
-CHRONIC_EFI_DEFICITS: tuple[str, ...] = (
-    "arthritis",
-    "atrial_fibrillation",
-    "cerebrovascular_disease",
-    "chronic_kidney_disease",
-    "diabetes",
-    "heart_failure",
-    "heart_valve_disease",
-    "hypertension",
-    "ischaemic_heart_disease",
-    "memory_and_cognitive_problems",
-    "osteoporosis",
-    "parkinsonism_and_tremor",
-    "peripheral_vascular_disease",
-    "respiratory_disease",
-    "thyroid_disease",
-)
+CHRONIC_EFI_DEFICITS: tuple[str, ...] = CHRONIC_DEFICITS
 #: eFI deficits whose codes count as organ failure for ``failing_health``.
 FAILING_HEALTH_EFI_DEFICITS: tuple[str, ...] = ("heart_failure",)
 EFI_FRAILTY_MIN_DEFICITS = 9  # moderate = 9-12 deficits, severe = 13+ (Clegg et al. 2016)
