@@ -958,6 +958,25 @@ class MatchResult:
         z = stats.norm.ppf(0.5 + level / 2)
         n_clusters = int(len(np.unique(groups))) if clustered else None
 
+        def log_scale_effect(scale: str, coef: float, se: float, se_method: str) -> MatchedEffect:
+            # Rate and hazard ratios: interval and test on the log scale, reported exponentiated.
+            return MatchedEffect(
+                outcome=outcome,
+                model=model,
+                scale=scale,
+                estimate=math.exp(coef),
+                std_error=se,
+                conf_low=math.exp(coef - z * se),
+                conf_high=math.exp(coef + z * se),
+                p_value=float(2 * stats.norm.sf(abs(coef / se))),
+                n_treated=int((treat == 1).sum()),
+                n_control=int((treat == 0).sum()),
+                n_clusters=n_clusters,
+                se_method=("cluster-robust (pairs)" if clustered else se_method)
+                + "; SE on log scale",
+                level=level,
+            )
+
         if model == "difference":
             fit_kw: dict[str, Any] = (
                 {"cov_type": "cluster", "cov_kwds": {"groups": groups}}
@@ -1010,23 +1029,7 @@ class MatchResult:
             vcov = bread @ (summed.T @ summed) @ bread
             vcov *= (n_g / (n_g - 1) if clustered else 1.0) * (n_obs - 1) / (n_obs - n_par)
             coef, se = float(fit.params[1]), float(math.sqrt(vcov[1, 1]))
-            p = float(2 * stats.norm.sf(abs(coef / se)))
-            return MatchedEffect(
-                outcome=outcome,
-                model=model,
-                scale="rate ratio",
-                estimate=math.exp(coef),
-                std_error=se,
-                conf_low=math.exp(coef - z * se),
-                conf_high=math.exp(coef + z * se),
-                p_value=p,
-                n_treated=int((treat == 1).sum()),
-                n_control=int((treat == 0).sum()),
-                n_clusters=n_clusters,
-                se_method=("cluster-robust (pairs)" if clustered else "HC1 robust")
-                + "; SE on log scale",
-                level=level,
-            )
+            return log_scale_effect("rate ratio", coef, se, "HC1 robust")
 
         if time is None:
             raise MatchingError("model='cox' needs time= (the time-to-event column).")
@@ -1042,23 +1045,7 @@ class MatchResult:
         ph = sm.PHReg(durations, treat[:, None], status=status, ties="breslow")
         fit = ph.fit(groups=groups if clustered else np.arange(len(y)))
         coef, se = float(fit.params[0]), float(fit.bse[0])
-        p = float(2 * stats.norm.sf(abs(coef / se)))
-        return MatchedEffect(
-            outcome=outcome,
-            model=model,
-            scale="hazard ratio",
-            estimate=math.exp(coef),
-            std_error=se,
-            conf_low=math.exp(coef - z * se),
-            conf_high=math.exp(coef + z * se),
-            p_value=p,
-            n_treated=int((treat == 1).sum()),
-            n_control=int((treat == 0).sum()),
-            n_clusters=n_clusters,
-            se_method=("cluster-robust (pairs)" if clustered else "robust sandwich")
-            + "; SE on log scale",
-            level=level,
-        )
+        return log_scale_effect("hazard ratio", coef, se, "robust sandwich")
 
     def _repr_html_(self) -> str:
         head = (
