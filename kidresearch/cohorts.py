@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from kidresearch.errors import DroppedRowsWarning, KidError
+from kidresearch.errors import DroppedRowsWarning, MatchingError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -88,12 +88,6 @@ _WARM_START_ROWS = 100_000
 
 Method = Literal["nearest", "exact", "cem"]
 Estimand = Literal["ATT", "ATC", "ATE"]
-
-
-class MatchingError(KidError, ValueError):
-    """Bad input to matching or effect estimation; the message names the column or argument."""
-
-    exit_code = 2
 
 
 # --------------------------------------------------------------------------------------------

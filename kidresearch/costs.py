@@ -63,7 +63,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
-from kidresearch.errors import DroppedRowsWarning, KidError
+from kidresearch.errors import CostError, DroppedRowsWarning
 from kidresearch.frailty import DateLike, KIDLike, age_on, alive_and_registered, as_date
 from kidresearch.schema import RESEARCH_TABLES
 
@@ -113,10 +113,6 @@ Z_95 = 1.959963984540054
 #: cost GBP 1,623 in the most deprived fifth vs GBP 1,205 in the least deprived (+35%).
 PUBLISHED_GRADIENT_55_PLUS = 1.35
 Model = Literal["gamma", "two_part"]
-
-
-class CostError(KidError, ValueError):
-    """Bad arguments or data for a cost recipe; the message names the field or row."""
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,7 +1,17 @@
 """The exceptions and warnings kidresearch raises, one per kind of problem.
 
 Each subclasses ``ValueError`` (bad data or settings) or ``PermissionError`` (refused access), so
-callers that already catch those keep working. ``kid`` maps each class to its own exit code.
+callers that already catch those keep working. ``kid`` maps each class to its own exit code: 2
+scenario, 3 feed or build, 4 proposal, 5 access refused, 6 audit, 7 disclosure, 8 report, 9 bad
+input to an analysis recipe (:class:`AnalysisError` and its subclasses).
+
+Examples
+--------
+>>> from kidresearch.errors import AnalysisError, CostError
+>>> issubclass(CostError, AnalysisError) and issubclass(CostError, ValueError)
+True
+>>> CostError.exit_code
+9
 """
 
 from __future__ import annotations
@@ -59,6 +69,31 @@ class ReportError(KidError, RuntimeError):
     """A report run failed (one or more notebooks failed)."""
 
     exit_code = 8
+
+
+class AnalysisError(KidError, ValueError):
+    """Bad arguments or data for an analysis recipe; the message names the field, column or row.
+
+    Each recipe module raises its own subclass (:class:`MatchingError`, :class:`CostError`,
+    :class:`SegmentError`), so callers can catch one recipe's errors or all of them.
+    """
+
+    exit_code = 9
+
+
+class MatchingError(AnalysisError):
+    """Bad input to matching or effect estimation (:mod:`kidresearch.cohorts`); the message names
+    the column or argument."""
+
+
+class CostError(AnalysisError):
+    """Bad arguments or data for a cost recipe (:mod:`kidresearch.costs`); the message names the
+    field or row."""
+
+
+class SegmentError(AnalysisError):
+    """Bad arguments or code lists for segmentation (:mod:`kidresearch.segments`); the message
+    names the field."""
 
 
 class DroppedRowsWarning(UserWarning):

@@ -61,7 +61,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
-from kidresearch.errors import KidError
+from kidresearch.errors import SegmentError
 from kidresearch.frailty import (
     CHRONIC_DEFICITS,
     POLYPHARMACY_MIN_DRUGS,
@@ -120,10 +120,6 @@ ACUTE_DAYS = 90
 PREGNANCY_MONTHS = 9
 CARE_PLACEMENTS = ("residential", "nursing")
 _RULES = ("end_of_life", "failing_health", "disability", "maternal_infant")
-
-
-class SegmentError(KidError, ValueError):
-    """Bad arguments or code lists for segmentation; the message names the field."""
 
 
 def segment_codes(codes: pd.DataFrame | None = None) -> pd.DataFrame:
