@@ -31,8 +31,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kidresearch.schema import RAW_FEEDS, REFERENCE_TABLES
+from kidresearch.schema import REFERENCE_TABLES
 from kidresearch.synth.feeds import (
     COST_BINS,
     FEEDS,
     ChunkTruth,
-    FinishedFeed,
     Reference,
     simulate_chunk,
 )
@@ -142,35 +141,87 @@ class SynthResult:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(scn: Scenario) -> None:
+def _init_worker(scn: Scenario, parts: Path) -> None:
     _WORKER["scn"] = scn
     _WORKER["cal"] = Calendar.from_scenario(scn)
     _WORKER["geo"] = make_geography(scn)
     _WORKER["ref"] = Reference.load()
+    _WORKER["parts"] = parts
 
 
-def _run_chunk(chunk: int) -> tuple[dict[str, FinishedFeed], ChunkTruth]:
-    return simulate_chunk(_WORKER["scn"], _WORKER["geo"], _WORKER["cal"], _WORKER["ref"], chunk)
+def _part_path(parts: Path, feed: str, chunk: int) -> Path:
+    return parts / feed / f"chunk{chunk:06d}.arrow"
 
 
-def _chunks_in_order(scn: Scenario, n_chunks: int, workers: int) -> Iterator[tuple]:
-    """Yield chunk results in chunk order, with at most ``workers + 1`` chunks in flight."""
-    if workers <= 1 or n_chunks == 1:
-        _init_worker(scn)
+def _run_chunk(chunk: int) -> ChunkTruth:
+    """Simulate one chunk and spill each feed to a part file: an Arrow IPC file (LZ4) with one
+    record batch per extract month, so that a writer can later take one month of one chunk."""
+    feeds, truth = simulate_chunk(
+        _WORKER["scn"], _WORKER["geo"], _WORKER["cal"], _WORKER["ref"], chunk
+    )
+    n_months = _WORKER["cal"].n_months
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    for feed, ff in feeds.items():
+        bounds = np.searchsorted(ff.month, np.arange(n_months + 1))
+        batches = ff.table.combine_chunks().to_batches()
+        whole = batches[0] if batches else _empty_batch(ff.table.schema)
+        path = _part_path(_WORKER["parts"], feed, chunk)
+        with pa.ipc.new_file(path, whole.schema, options=options) as sink:
+            for m in range(n_months):
+                lo, hi = int(bounds[m]), int(bounds[m + 1])
+                sink.write_batch(whole.slice(lo, hi - lo))
+    return truth
+
+
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in schema], schema=schema)
+
+
+def _write_file(feed: str, m: int, path: Path) -> tuple[int, str]:
+    """Write one feed-month file: one row group per chunk (in chunk order) from the part files;
+    returns its row count and sha256."""
+    parts: Path = _WORKER["parts"]
+    n_chunks = -(-_WORKER["scn"].population.people // _WORKER["scn"].population.chunk_size)
+    writer = None
+    schema = None
+    rows = 0
+    try:
         for chunk in range(n_chunks):
-            yield _run_chunk(chunk)
+            with pa.memory_map(str(_part_path(parts, feed, chunk))) as source:
+                reader = pa.ipc.open_file(source)
+                schema = reader.schema
+                batch = reader.get_batch(m)
+                if batch.num_rows == 0:
+                    continue
+                if writer is None:
+                    writer = pq.ParquetWriter(path, schema, **_writer_options(schema))
+                writer.write_table(pa.Table.from_batches([batch]))
+                rows += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # no rows this month: a 0-row file, so every extract month is present
+        assert schema is not None
+        pq.write_table(schema.empty_table(), path, **_writer_options(schema))
+    return rows, _sha256(path)
+
+
+def _in_order(
+    ex: ProcessPoolExecutor | None, fn: Callable[..., Any], tasks: list[tuple], workers: int
+) -> Iterator[Any]:
+    """``fn(*task)`` for every task, results yielded in task order, at most ``workers + 1``
+    tasks in flight (inline when there is no pool)."""
+    if ex is None:
+        for task in tasks:
+            yield fn(*task)
         return
-    ctx = __import__("multiprocessing").get_context("fork")
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(scn,)
-    ) as ex:
-        pending: dict[int, Future] = {}
-        nxt = 0
-        for chunk in range(n_chunks):
-            while nxt < n_chunks and len(pending) < workers + 1:
-                pending[nxt] = ex.submit(_run_chunk, nxt)
-                nxt += 1
-            yield pending.pop(chunk).result()
+    pending: dict[int, Future] = {}
+    nxt = 0
+    for i in range(len(tasks)):
+        while nxt < len(tasks) and len(pending) < workers + 1:
+            pending[nxt] = ex.submit(fn, *tasks[nxt])
+            nxt += 1
+        yield pending.pop(i).result()
 
 
 def _write_reference(raw: Path, geo: Geography) -> dict[str, int]:
@@ -261,15 +312,21 @@ def generate(
     if workers is None:
         workers = min(2, os.cpu_count() or 1, n_chunks)
 
-    writers: dict[tuple[str, int], pq.ParquetWriter] = {}
-    # Write schemas: the data dictionary's, with categorical columns as dictionary arrays (taken
-    # from the first chunk; every chunk builds the same types).
-    schemas: dict[str, pa.Schema] = {f: RAW_FEEDS[f].arrow_schema() for f in FEEDS}
+    # Two passes over the same worker pool, so that no process holds anything that grows with
+    # the population: (1) workers simulate chunks and spill each feed to a part file; (2)
+    # workers write the feed-month files, each from the parts in chunk order (one row group per
+    # chunk), one open Parquet writer per worker. The parent only sums the truth statistics.
+    parts = out / ".synth_parts"
+    if parts.exists():
+        shutil.rmtree(parts)
     for f in FEEDS:
         (raw / f).mkdir()
-
-    def path_of(feed: str, m: int) -> Path:
-        return raw / feed / f"{feed}_{cal.month_label(m)}.parquet"
+        (parts / f).mkdir(parents=True)
+    files = [
+        (feed, m, raw / feed / f"{feed}_{cal.month_label(m)}.parquet")
+        for feed in FEEDS
+        for m in range(cal.n_months)
+    ]
 
     counts: dict[str, Any] = {}
     practice_acsc = np.zeros((geo.n_practices, 2), dtype=np.int64)
@@ -277,74 +334,50 @@ def generate(
     cost_55 = np.zeros((2, 5))
     row_counts = dict.fromkeys(FEEDS, 0)
     file_rows: dict[str, int] = {}
+    file_sha: dict[str, str] = {}
 
     bar = None
     if progress:
         from rich.progress import Progress
 
         bar = Progress(transient=False)
-        task = bar.add_task(f"synth {scn.name}", total=n_chunks)
+        sim_task = bar.add_task(f"synth {scn.name}: people", total=n_chunks)
+        write_task = bar.add_task(f"synth {scn.name}: files", total=len(files))
         bar.start()
+    ex: ProcessPoolExecutor | None = None
     try:
-        labels = [cal.month_label(m) for m in range(cal.n_months)]
-
-        def write_feed(feed: str, ff: FinishedFeed) -> dict[str, int]:
-            # One thread per feed: each file is appended to by exactly one thread per chunk and
-            # chunks are written in order, so the bytes do not depend on thread timing.
-            written = {}
-            bounds = np.searchsorted(ff.month, np.arange(cal.n_months + 1))
-            for m in range(cal.n_months):
-                lo, hi = int(bounds[m]), int(bounds[m + 1])
-                if hi <= lo:
-                    continue
-                writers[(feed, m)].write_table(ff.table.slice(lo, hi - lo))
-                written[f"{feed}/{feed}_{labels[m]}.parquet"] = hi - lo
-            return written
-
-        pool = ThreadPoolExecutor(max(1, workers))
-        for finished, truth in _chunks_in_order(scn, n_chunks, workers):
-            # Biggest feeds first so the threads finish together.
-            order = sorted(finished, key=lambda f: -finished[f].table.num_rows)
-            for feed in order:
-                schemas[feed] = finished[feed].table.schema
-            # Create missing writers up front (dict writes from one thread only).
-            for feed in order:
-                ff = finished[feed]
-                present = np.unique(ff.month)
-                for m in present.tolist():
-                    if (feed, m) not in writers:
-                        writers[(feed, m)] = pq.ParquetWriter(
-                            raw / feed / f"{feed}_{labels[m]}.parquet",
-                            ff.table.schema,
-                            **_writer_options(ff.table.schema),
-                        )
-            tables = [finished[f] for f in order]
-            for written in pool.map(write_feed, order, tables):
-                for name, rows in written.items():
-                    file_rows[name] = file_rows.get(name, 0) + rows
-            for feed in order:
-                row_counts[feed] += finished[feed].table.num_rows
+        if workers > 1:
+            ctx = __import__("multiprocessing").get_context("fork")
+            ex = ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(scn, parts)
+            )
+        else:
+            _init_worker(scn, parts)
+        # Truth statistics are summed in chunk order (float sums are order-dependent).
+        for truth in _in_order(ex, _run_chunk, [(c,) for c in range(n_chunks)], workers):
             for key, value in truth.counts.items():
                 counts[key] = counts.get(key, 0) + value
             practice_acsc += truth.practice_acsc
             cost_histogram += truth.cost_histogram
             cost_55 += truth.cost_55_by_quintile
             if bar is not None:
-                bar.advance(task)
+                bar.advance(sim_task)
+        for (feed, _, path), (rows, sha) in zip(
+            files, _in_order(ex, _write_file, files, workers), strict=True
+        ):
+            name = f"{feed}/{path.name}"
+            file_rows[name] = rows
+            file_sha[name] = sha
+            row_counts[feed] += rows
+            if bar is not None:
+                bar.advance(write_task)
     finally:
-        if "pool" in locals():
-            pool.shutdown()
-        for w in writers.values():
-            w.close()
+        if ex is not None:
+            ex.shutdown(cancel_futures=True)
+        _WORKER.clear()
+        shutil.rmtree(parts, ignore_errors=True)
         if bar is not None:
             bar.stop()
-    # Feed-months without rows still get a (0-row) file, so every extract month is present.
-    for feed in FEEDS:
-        for m in range(cal.n_months):
-            path = path_of(feed, m)
-            if not path.exists():
-                pq.write_table(schemas[feed].empty_table(), path, **_writer_options(schemas[feed]))
-                file_rows[f"{feed}/{path.name}"] = 0
     file_rows |= _write_reference(raw, geo)
 
     truth = build_truth(
@@ -359,8 +392,8 @@ def generate(
     manifest_files = []
     for name in sorted(file_rows):
         rel = name if name.endswith(".parquet") else f"{name}.parquet"
-        path = raw / rel
-        manifest_files.append({"path": rel, "rows": file_rows[name], "sha256": _sha256(path)})
+        sha = file_sha.get(name) or _sha256(raw / rel)
+        manifest_files.append({"path": rel, "rows": file_rows[name], "sha256": sha})
     manifest = {
         "scenario": scn.name,
         "seed": scn.seed,
