@@ -1091,6 +1091,154 @@ def _first_dates(expr: ir.Table, date_col: str, name: str) -> pd.DataFrame:
     return out
 
 
+# Cox fits: Newton-Raphson with step halving, as survival::coxph (Therneau; coxph.control
+# eps = 1e-9 on the relative change of the log partial likelihood, iter.max 20, raised here).
+COX_MAX_ITER = 50
+COX_TOL = 1e-9
+# A log hazard ratio beyond this (a ratio over 22,000) is a likelihood still rising towards
+# infinity (monotone likelihood, e.g. every event in one group), not an estimate.
+COX_MAX_ABS_LOG_HR = 10.0
+
+
+class CoxFitError(FrailtyError):
+    """A Cox model is not identifiable on the data; the message names the cause."""
+
+
+def fit_cox(
+    time: np.ndarray,
+    status: np.ndarray,
+    design: pd.DataFrame,
+    *,
+    label: str = "Cox model",
+) -> tuple[Any, list[str]]:
+    """Fit a Cox proportional hazards model (statsmodels PHReg, Efron ties) robustly.
+
+    statsmodels' ``PHReg.fit`` takes plain Newton-Raphson steps from zero. When a rare group
+    has many more events than expected under no effect (severe frailty among the old: five
+    times as many deaths as expected), the first step overshoots far beyond the maximum, the
+    iterates oscillate, the risk scores overflow and the Hessian turns singular. This fit takes
+    the same Newton steps but halves each one until the log partial likelihood does not
+    decrease (the method of R's ``survival::coxph``), which converges whenever the maximum
+    exists; statsmodels then builds the results (covariance from the Hessian) at that maximum.
+
+    Columns that are constant (no information, e.g. sex in a one-sex cohort) are dropped with a
+    note; the notes are returned beside the results.
+
+    Parameters
+    ----------
+    time, status
+        Follow-up time and event indicator (1 event, 0 censored) per person.
+    design
+        Covariates, one column per coefficient (no intercept).
+    label
+        Names the model in messages.
+
+    Returns
+    -------
+    tuple
+        ``(PHRegResults, notes)``; ``results.model.exog_names`` are the columns kept.
+
+    Raises
+    ------
+    CoxFitError
+        No events, fewer events than coefficients, collinear covariates, or a likelihood with
+        no finite maximum; the message names the columns concerned.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = np.repeat([0.0, 1.0], 200)
+    >>> t = rng.exponential(1 / np.exp(np.log(2.0) * x))  # true hazard ratio 2
+    >>> res, notes = fit_cox(t, np.ones(400), pd.DataFrame({"x": x}))
+    >>> 1.5 < float(np.exp(res.params[0])) < 2.7, notes
+    (True, [])
+    """
+    import statsmodels.api as sm
+
+    time = np.asarray(time, dtype=float)
+    status = np.asarray(status, dtype=float)
+    events = int(status.sum())
+    if events == 0:
+        raise CoxFitError(f"{label}: no events, so no hazard ratio can be estimated.")
+    notes: list[str] = []
+    values = design.to_numpy(dtype=float)
+    constant = [c for c, col in zip(design.columns, values.T, strict=True) if np.ptp(col) == 0]
+    if constant:
+        note = f"{label}: {', '.join(constant)} constant in the cohort, left out of the model"
+        log.info(note)
+        notes.append(note)
+        design = design.drop(columns=constant)
+        values = design.to_numpy(dtype=float)
+    columns = list(design.columns)
+    if not columns:
+        raise CoxFitError(f"{label}: no covariate varies in the cohort.")
+    if events < len(columns):
+        raise CoxFitError(
+            f"{label}: {events} events for {len(columns)} coefficients ({', '.join(columns)}); "
+            "at least one event per coefficient is needed."
+        )
+    centred = values - values.mean(axis=0)
+    rank = np.linalg.matrix_rank(centred)
+    if rank < len(columns):
+        # The last column whose removal restores full rank is one of the collinear ones.
+        culprits = [
+            c
+            for j, c in enumerate(columns)
+            if np.linalg.matrix_rank(np.delete(centred, j, axis=1)) == rank
+        ]
+        raise CoxFitError(
+            f"{label}: covariates {', '.join(culprits)} are collinear in the cohort "
+            f"(design rank {rank} of {len(columns)}); their effects cannot be separated."
+        )
+
+    model = sm.PHReg(time, design, status=status, ties="efron")
+    beta = np.zeros(len(columns))
+    loglike = model.loglike(beta)
+    converged = False
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(COX_MAX_ITER):
+            score, hessian = model.score(beta), model.hessian(beta)
+            try:
+                step = np.linalg.solve(hessian, -score)
+            except np.linalg.LinAlgError as err:
+                raise CoxFitError(
+                    f"{label}: the information matrix is singular at "
+                    + ", ".join(f"{c}={b:.3g}" for c, b in zip(columns, beta, strict=True))
+                ) from err
+            size = 1.0
+            while True:
+                candidate = beta + size * step
+                new = model.loglike(candidate)
+                if np.isfinite(new) and new >= loglike - 1e-12 * abs(loglike):
+                    break
+                size /= 2
+                if size < 1e-10:
+                    candidate, new = beta, loglike
+                    break
+            change = abs(new - loglike)
+            beta, loglike = candidate, new
+            if change <= COX_TOL * abs(loglike):
+                converged = True
+                break
+    runaway = [c for c, b in zip(columns, beta, strict=True) if abs(b) > COX_MAX_ABS_LOG_HR]
+    if runaway:
+        raise CoxFitError(
+            f"{label}: the partial likelihood has no finite maximum in {', '.join(runaway)} "
+            "(monotone likelihood: events in one group only, or none, so the ratio runs to "
+            "zero or infinity)."
+        )
+    if not converged:
+        raise CoxFitError(
+            f"{label}: Newton-Raphson with step halving did not converge in {COX_MAX_ITER} "
+            f"iterations (last log likelihood {loglike:.6g})."
+        )
+    # At the maximum one Newton step changes nothing; statsmodels computes the covariance.
+    results = model.fit(start_params=beta, method="newton", maxiter=5)
+    if not np.allclose(results.params, beta, rtol=1e-5, atol=1e-7):
+        raise AssertionError(f"{label}: statsmodels moved away from the Cox maximum")
+    return results, notes
+
+
 @dataclass(frozen=True, eq=False)
 class OutcomesResult:
     """Hazard ratios of outcomes by eFI category (vs fit) beside the published ones.
@@ -1102,7 +1250,8 @@ class OutcomesResult:
     frame
         One row per outcome and category: ``people``, ``events``, ``hr`` with
         ``hr_lower``/``hr_upper`` (95%), ``p_value``, the published one-year ratio
-        (``published_hr`` and limits, Clegg et al. 2016) and ``truth_hr`` when given.
+        (``published_hr`` and limits, Clegg et al. 2016), ``note`` (why a ratio is missing,
+        covariates left out) and ``truth_hr`` when given.
     models
         The fitted statsmodels ``PHRegResults`` per outcome.
     cohort
@@ -1126,7 +1275,7 @@ class OutcomesResult:
         released = release(
             counts, counts=["people", "events"], name="efi_outcomes", policy=self.policy
         ).copy()
-        cols = ["outcome", "category", "hr", "hr_lower", "hr_upper", "published_hr"]
+        cols = ["outcome", "category", "hr", "hr_lower", "hr_upper", "published_hr", "note"]
         if "truth_hr" in self.frame:
             cols.append("truth_hr")
         return released.merge(self.frame[cols], on=["outcome", "category"], how="left")
@@ -1180,8 +1329,10 @@ def outcomes(
 
     Each model is ``statsmodels`` PHReg (Efron ties) of the outcome on indicators of mild,
     moderate and severe frailty (fit is the reference), adjusted for age (years, linear) and
-    sex. Clegg et al. (2016) adjusted for age, sex and deprivation among other factors, so their
-    ratios are a guide, not a reference to match.
+    sex, maximised by Newton-Raphson with step halving (:func:`fit_cox`; statsmodels' own
+    plain Newton overshoots and fails on typical eFI cohorts). Clegg et al. (2016) adjusted for
+    age, sex and deprivation among other factors, so their ratios are a guide, not a reference
+    to match.
 
     Parameters
     ----------
@@ -1207,10 +1358,13 @@ def outcomes(
     ------
     FrailtyError
         Unknown outcome or bad follow-up. An outcome without events among fit people gets
-        missing ratios and a ``DroppedRowsWarning`` rather than an error.
+        missing ratios and a ``DroppedRowsWarning`` rather than an error; so does a category
+        without events (its people leave that model). A model that is not identifiable
+        (:class:`CoxFitError`: too few events, collinear covariates, no finite maximum) gets
+        missing ratios and a ``UserWarning`` naming the cause, which the ``note`` column
+        repeats; the other outcomes are still estimated. Covariates constant in the cohort
+        (e.g. sex in a one-sex cohort) are left out with a note.
     """
-    import statsmodels.api as sm
-
     at_date = as_date(at, "at")
     months = parse_months(follow_up, "follow_up")
     unknown = [o for o in outcomes if o not in OUTCOMES]
@@ -1269,6 +1423,7 @@ def outcomes(
         }
     )
     rows, models = [], {}
+    notes: dict[str, str] = {}
     truth = truth or {}
     for outcome in outcomes:
         event_date = firsts[outcome]
@@ -1304,6 +1459,7 @@ def outcomes(
                 stacklevel=2,
             )
             models[outcome] = None
+            notes[outcome] = "no events among fit people (the reference category)"
         else:
             if empty:
                 warnings.warn(
@@ -1316,35 +1472,28 @@ def outcomes(
             use = keep & ~cohort.category.isin(empty)
             columns = [c for c in design.columns if c not in empty]
             try:
-                phreg = sm.PHReg(
+                model, fit_notes = fit_cox(
                     time_days[use].to_numpy(),
+                    event[use].astype(int).to_numpy(),
                     design.loc[use, columns],
-                    status=event[use].astype(int).to_numpy(),
-                    ties="efron",
+                    label=f"Cox model of {outcome}",
                 )
-                with np.errstate(all="ignore"):
-                    model = phreg.fit()
-                    if not np.isfinite(model.params).all():
-                        # Newton's first steps can overflow with Efron ties on large risk
-                        # sets; BFGS from the same start converges to the same maximum.
-                        model = phreg.fit(method="bfgs", maxiter=500)
-                if not np.isfinite(model.params).all():
-                    raise np.linalg.LinAlgError("no finite maximum")
-            except np.linalg.LinAlgError:
-                # Too few events for the information matrix to be inverted (e.g. a handful of
-                # care-home admissions in a small KID).
+            except CoxFitError as err:
+                # One unidentifiable outcome (e.g. a handful of care-home admissions in a
+                # small KID) leaves the others standing; the cause goes to the table.
                 warnings.warn(
-                    f"frailty.outcomes: the Cox model of {outcome} could not be estimated "
-                    f"({int(event[use].sum())} events); its hazard ratios are missing.",
+                    f"frailty.outcomes: {err} Its hazard ratios are missing.",
                     UserWarning,
                     stacklevel=2,
                 )
-                model = None
+                model, fit_notes = None, [str(err)]
+            notes[outcome] = "; ".join(fit_notes)
             models[outcome] = model
             if model is not None:
-                params = pd.Series(model.params, index=columns).reindex(design.columns)
-                ci = pd.DataFrame(model.conf_int(), index=columns).reindex(design.columns)
-                pvalues = pd.Series(model.pvalues, index=columns).reindex(design.columns)
+                kept = list(model.model.exog_names)
+                params = pd.Series(model.params, index=kept).reindex(design.columns)
+                ci = pd.DataFrame(model.conf_int(), index=kept).reindex(design.columns)
+                pvalues = pd.Series(model.pvalues, index=kept).reindex(design.columns)
         for category in EFI_CATEGORIES:
             in_cat = keep & (cohort.category == category)
             row = {
@@ -1366,6 +1515,8 @@ def outcomes(
             row["published_hr"] = published[0] if category != "fit" else 1.0
             row["published_lower"] = published[1] if published[1] is not None else np.nan
             row["published_upper"] = published[2] if published[2] is not None else np.nan
+            own = [f"no {outcome} events in this category"] if category in empty else []
+            row["note"] = "; ".join([*own, *filter(None, [notes.get(outcome, "")])])
             true_hr = truth.get(outcome, {}).get(category)
             if true_hr is not None:
                 row["truth_hr"] = float(true_hr)

@@ -379,3 +379,87 @@ def test_trend_result_summary_plot_and_html(fake):
     assert len(summary) == len(trend.frame)
     assert trend.plot().get_title() == "eFI category prevalence, age 65+"
     assert "eFI trend" in trend._repr_html_()
+
+
+# ------------------------------------------------------------------------------------------
+# Cox fits: step-halving Newton against statsmodels' BFGS (a reference run in the test)
+# ------------------------------------------------------------------------------------------
+def _frail_cohort(seed: int, n: int = 6000) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    # Like the demo cohort: frailty rises with age, 53/33/11/3% fit/mild/moderate/severe,
+    # yearly hazard exp(-3.85 + 0.095 (age - 80) + 0.33 male) x (1, 1.92, 3.10, 4.52), one
+    # year of follow-up in whole days (many ties at 366).
+    rng = np.random.default_rng(seed)
+    age = rng.integers(65, 96, n).astype(float)
+    frailty_score = (age - 75) * 0.12 + rng.normal(0, 1, n)
+    category = np.digitize(frailty_score, np.quantile(frailty_score, [0.53, 0.86, 0.97]))
+    male = rng.integers(0, 2, n).astype(float)
+    log_hazard = np.log([1.0, 1.92, 3.10, 4.52])[category] + 0.095 * (age - 80) + 0.33 * male - 3.85
+    days = np.ceil(rng.exponential(1 / np.exp(log_hazard)) * 365.25)
+    status = (days <= 365).astype(int)
+    design = pd.DataFrame(
+        {
+            "mild": (category == 1).astype(float),
+            "moderate": (category == 2).astype(float),
+            "severe": (category == 3).astype(float),
+            "age": age - age.mean(),
+            "male": male,
+        }
+    )
+    return np.minimum(days, 366), status, design
+
+
+def test_fit_cox_converges_where_plain_newton_breaks_and_matches_bfgs():
+    import statsmodels.api as sm
+
+    days, status, design = _frail_cohort(seed=3)
+    model = sm.PHReg(days, design, status=status, ties="efron")
+    # statsmodels' own fit (plain Newton from zero) overshoots on this cohort and fails: the
+    # failure that blanked the hazard ratios of notebooks/02_frailty.
+    with pytest.raises(np.linalg.LinAlgError), np.errstate(all="ignore"):
+        model.fit()
+    reference = model.fit(method="bfgs", maxiter=1000, gtol=1e-8)
+    result, notes = frailty.fit_cox(days, status, design)
+    assert notes == []
+    np.testing.assert_allclose(result.params, reference.params, atol=1e-5)
+    np.testing.assert_allclose(result.bse, reference.bse, rtol=1e-4)
+    assert np.abs(model.score(result.params)).max() < 1e-6
+    hr = np.exp(result.params[:3])
+    assert hr[0] < hr[1] < hr[2]
+
+
+def test_fit_cox_drops_constant_covariates_and_names_unidentifiable_ones():
+    days, status, design = _frail_cohort(seed=5, n=2000)
+    one_sex = design.assign(male=0.0)
+    result, notes = frailty.fit_cox(days, status, one_sex, label="Cox model of death")
+    assert list(result.model.exog_names) == ["mild", "moderate", "severe", "age"]
+    assert notes == ["Cox model of death: male constant in the cohort, left out of the model"]
+    # A second column that is a linear function of age: the two cannot be separated.
+    collinear = design.assign(copy_of_age=2 * design.age + 1)
+    with pytest.raises(frailty.CoxFitError, match="age, copy_of_age are collinear"):
+        frailty.fit_cox(days, status, collinear)
+    # Every event among the severe: the ratio runs to infinity (monotone likelihood).
+    only_severe = np.where(design.severe == 1, status, 0)
+    with pytest.raises(frailty.CoxFitError, match="no finite maximum in severe"):
+        frailty.fit_cox(days, only_severe, design[["severe", "age"]])
+    with pytest.raises(frailty.CoxFitError, match="no events"):
+        frailty.fit_cox(days, np.zeros_like(status), design)
+
+
+def test_death_hazard_ratios_on_the_frailty_proposal_are_estimated(demo_kid, demo_truth):
+    # The efi-frailty-65plus proposal's own cohort on its study start (the notebook's default)
+    # broke statsmodels' plain Newton; the ratios must be present, ordered and cover the truth.
+    import kidresearch
+
+    kid = kidresearch.connect("efi-frailty-65plus", data=demo_kid, user="tests")
+    try:
+        result = frailty.outcomes(kid, "2023-04-01", outcomes=("death",))
+    finally:
+        kid.close()
+    true_hr = demo_truth["mortality"]["efi_hazard_ratios"]
+    frame = result.frame.set_index("category")
+    assert result.models["death"] is not None
+    for category in ("mild", "moderate", "severe"):
+        row = frame.loc[category]
+        assert np.isfinite([row.hr, row.hr_lower, row.hr_upper]).all(), category
+        assert row.hr_lower < true_hr[category] < row.hr_upper, (category, row.hr)
+    assert 1 < frame.loc["mild", "hr"] < frame.loc["moderate", "hr"] < frame.loc["severe", "hr"]
