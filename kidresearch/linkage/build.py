@@ -458,7 +458,7 @@ class _Builder:
         nhs = sql_nhs_normalise("CAST(r.nhs_number AS VARCHAR)")
         join = "LEFT JOIN register g ON g.nhs = t._nhs" if linked else ""
         person = (
-            "g.person_id AS _person_id"
+            "g.pk AS _person_id"
             if linked
             else "NULL AS _person_id, TRY_CAST(t._nhs AS BIGINT) AS _nhs_int"
         )
@@ -499,11 +499,11 @@ class _Builder:
             )
         if feed == "deaths":
             return (
-                "_person_id AS person_id, t_date_of_death AS date_of_death, "
+                "_person_id AS person_key, t_date_of_death AS date_of_death, "
                 "t_underlying_cause_icd10 AS underlying_cause_icd10"
             )
         research = schema.RESEARCH_TABLES[feed]
-        cols = ["_person_id AS person_id"]
+        cols = ["_person_id AS person_key"]
         for c in research.columns:
             if c.name in ("person_id", "is_emergency", "is_elective"):
                 continue
@@ -527,16 +527,31 @@ class _Builder:
         self.con.unregister(f"{table}_arrow")
 
     def build_register(self) -> None:
-        """Distinct valid NHS numbers of the register -> person_id; UPRN -> household_id."""
-        self._pseudonymise(
-            "register_values",
-            "SELECT DISTINCT _nhs FROM stage_registrations WHERE _problem IS NULL",
-            "",
-            "person_id",
+        """Population register: distinct valid NHS numbers -> integer ``pk`` -> ``person_id``.
+
+        Feeds are linked on the NHS number text and carry the 4-byte ``pk``; the 32-character
+        ``person_id`` (keyed HMAC, computed once per person) is joined only when a table is
+        written. UPRNs -> ``household_id`` likewise.
+        """
+        values = (
+            self.con.execute(
+                "SELECT DISTINCT _nhs FROM stage_registrations WHERE _problem IS NULL ORDER BY _nhs"
+            )
+            .to_arrow_table()
+            .column(0)
         )
-        self.con.execute(
-            "CREATE TABLE register AS SELECT value AS nhs, person_id FROM register_values"
+        hashed = pseudonym.hmac_hex_many(self.key, values.cast(pa.string()).to_pylist())
+        frame = pa.table(
+            {
+                "nhs": values,
+                "pk": pa.array(range(len(hashed)), pa.int32()),
+                "person_id": pa.array(hashed, pa.string()),
+            }
         )
+        self.con.register("register_arrow", frame)
+        self.con.execute("CREATE TABLE register AS SELECT nhs, pk FROM register_arrow")
+        self.con.execute("CREATE TABLE person_ids AS SELECT pk, person_id FROM register_arrow")
+        self.con.unregister("register_arrow")
         self._pseudonymise(
             "households",
             "SELECT DISTINCT uprn FROM stage_registrations "
@@ -552,10 +567,10 @@ class _Builder:
             f"""CREATE TABLE drop_{feed} AS
             WITH valid AS (SELECT record_id, _file, _row, _month FROM stage_{feed}
                            WHERE _problem IS NULL),
-            repeated AS (
+            repeated AS (  -- 64-bit hash first (cheap); the window below is exact
               SELECT v.* FROM valid v SEMI JOIN (
-                SELECT record_id FROM valid GROUP BY record_id HAVING count(*) > 1
-              ) d ON d.record_id = v.record_id
+                SELECT hash(record_id) AS h FROM valid GROUP BY h HAVING count(*) > 1
+              ) d ON d.h = hash(v.record_id)
             ),
             ranked AS (
               SELECT *,
@@ -696,7 +711,10 @@ class _Builder:
 
     def write_event_table(self, feed: str, tables: Path) -> None:
         table = schema.RESEARCH_TABLES[feed]
-        source = self.final_rows(feed)
+        source = (
+            f"(SELECT i.person_id, s.* FROM {self.final_rows(feed)} s "
+            "JOIN person_ids i ON i.pk = s.person_key)"
+        )
         if feed == "inpatient_spells":
             emergency = ", ".join(literal(v) for v in schema.ADMISSION_METHODS_EMERGENCY)
             elective = ", ".join(literal(v) for v in schema.ADMISSION_METHODS_ELECTIVE)
@@ -711,36 +729,44 @@ class _Builder:
         )
 
     def write_persons(self, tables: Path) -> None:
+        """One row per registered person: the latest registration episode's details.
+
+        "Latest" is the greatest (registration_start, extract, row), folded into one integer
+        sort key so that DuckDB's ``arg_max`` compares integers, not structs.
+        """
         table = schema.RESEARCH_TABLES["persons"]
         registrations = self.final_rows("registrations")
         deaths = self.final_rows("deaths")
+        order = (
+            "(CAST(date_diff('day', DATE '1800-01-01', {start}) AS HUGEINT) << 64) "
+            "+ (CAST({file} AS HUGEINT) << 32) + {row}"
+        )
         source = f"""(
           WITH episodes AS (
-            SELECT g.person_id, h.household_id, r.* EXCLUDE (uprn)
+            SELECT g.pk, h.household_id, r.* EXCLUDE (uprn),
+              {order.format(start="r.registration_start", file="r._file", row="r._row")} AS _order
             FROM {registrations} r JOIN register g ON g.nhs = r._nhs
             LEFT JOIN households h ON h.value = r.uprn
           ),
           people AS (
-            SELECT person_id,
-              arg_max(household_id, (registration_start, _month, _row)) AS household_id,
-              arg_max(sex, (registration_start, _month, _row)) AS sex,
-              arg_max(birth_year, (registration_start, _month, _row)) AS birth_year,
-              arg_max(birth_month, (registration_start, _month, _row)) AS birth_month,
-              arg_max(practice_code, (registration_start, _month, _row)) AS practice_code,
-              arg_max(lsoa_code, (registration_start, _month, _row)) AS lsoa_code,
+            SELECT pk,
+              arg_max({{'household_id': household_id, 'sex': sex, 'birth_year': birth_year,
+                        'birth_month': birth_month, 'practice_code': practice_code,
+                        'lsoa_code': lsoa_code}}, _order) AS latest,
               min(registration_start) AS registration_start,
               CASE WHEN bool_or(registration_end IS NULL) THEN NULL
                    ELSE max(registration_end) END AS registration_end
-            FROM episodes GROUP BY person_id
+            FROM episodes GROUP BY pk
           ),
           died AS (
-            SELECT person_id,
-              arg_max(date_of_death, (_month, _row)) AS date_of_death,
-              arg_max(underlying_cause_icd10, (_month, _row)) AS death_cause_icd10
-            FROM {deaths} GROUP BY person_id
+            SELECT person_key AS pk,
+              arg_max({{'date_of_death': date_of_death, 'cause': underlying_cause_icd10}},
+                      (CAST(_file AS BIGINT) << 32) + _row) AS death
+            FROM {deaths} GROUP BY person_key
           )
-          SELECT p.*, d.date_of_death, d.death_cause_icd10
-          FROM people p LEFT JOIN died d USING (person_id)
+          SELECT i.person_id, unnest(p.latest), p.registration_start, p.registration_end,
+                 d.death.date_of_death AS date_of_death, d.death.cause AS death_cause_icd10
+          FROM people p JOIN person_ids i USING (pk) LEFT JOIN died d USING (pk)
         )"""
         self._copy(self._cast_select(table, source, year=None), tables / "persons", partition=False)
 
@@ -750,13 +776,21 @@ class _Builder:
             self._cast_select(table, f"ref_{name}", year=None), tables / name, partition=False
         )
 
-    def write_costs_part(self, feed: str, tables: Path) -> None:
+    def write_costs_part(self, feed: str, tables: Path, files: list[Path] | None = None) -> None:
         """Cost one feed's published rows straight into the costs table's year folders.
 
-        Each feed writes its own file per year (``costs/year=YYYY/<feed>-0.parquet``), so the
-        costs are never rewritten to combine them.
+        The rows are read back from the feed's just-written research table (``files``: its
+        Parquet files, default all of them), which already carries ``person_id`` and the
+        research columns. Each feed writes its own file per year
+        (``costs/year=YYYY/<feed>-0.parquet``), so the costs are never rewritten to combine them.
         """
-        selects = costs_module.costs_selects(feed, self.final_rows(feed), _month_end(self.version))
+        if files is None:
+            files = sorted((tables / feed).rglob("*.parquet"))
+        if not files:
+            return
+        listed = "[" + ", ".join(literal(str(f)) for f in files) + "]"
+        source = f"(SELECT * FROM read_parquet({listed}, hive_partitioning = false))"
+        selects = costs_module.costs_selects(feed, source, _month_end(self.version))
         if not selects:
             return
         table = schema.RESEARCH_TABLES["costs"]
