@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from kidresearch._persons import alive_and_registered
 from kidresearch.errors import DroppedRowsWarning, MatchingError
 
 if TYPE_CHECKING:
@@ -1732,12 +1733,7 @@ def cohort_study(
         mine = win.join(homes.select("person_id", "household_id"), "person_id")
         mine = mine.select("row_id", "index_date", "household_id")
         members = mine.join(homes.drop("person_id"), "household_id")
-        at = members.index_date
-        members = members.filter(
-            (members.registration_start <= at)
-            & (members.registration_end.isnull() | (members.registration_end >= at))
-            & (members.date_of_death.isnull() | (members.date_of_death > at))
-        )
+        members = members.filter(alive_and_registered(members, members.index_date))
         parts.append(
             kid.to_pandas(members.group_by("row_id").aggregate(household_size=members.count()))
         )

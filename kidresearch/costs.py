@@ -63,8 +63,9 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
+from kidresearch._persons import people_on
 from kidresearch.errors import CostError, DroppedRowsWarning
-from kidresearch.frailty import DateLike, KIDLike, age_on, alive_and_registered, as_date
+from kidresearch.frailty import DateLike, KIDLike, as_date
 from kidresearch.schema import RESEARCH_TABLES
 
 log = logging.getLogger(__name__)
@@ -331,8 +332,7 @@ def _excluded_query(kid: KIDLike, start: dt.date, end: dt.date) -> ir.Table:
     costs = kid.table("costs")
     window = costs.filter(costs.activity_date.between(ibis.literal(start), ibis.literal(end)))
     per_person = window.group_by("person_id").aggregate(cost_gbp=window.cost_gbp.sum())
-    persons = kid.table("persons")
-    cohort = persons.filter(alive_and_registered(persons, start)).select("person_id")
+    cohort = people_on(kid, start, columns=("person_id",))
     outside = per_person.anti_join(cohort, "person_id")
     return outside.aggregate(people=outside.count(), cost_gbp=outside.cost_gbp.sum())
 
@@ -530,24 +530,12 @@ def person_costs(kid: KIDLike, start: DateLike, end: DateLike) -> PersonCosts:
 
     Examples
     --------
-    >>> import ibis, pyarrow as pa
-    >>> from kidresearch.schema import RESEARCH_TABLES
-    >>> con = ibis.duckdb.connect()
-    >>> def put(name, rows=()):
-    ...     schema = RESEARCH_TABLES[name].arrow_schema()
-    ...     return con.create_table(name, pa.Table.from_pylist(list(rows), schema=schema))
-    >>> class Toy:
-    ...     def table(self, name):
-    ...         return con.table(name)
-    >>> for name in ("gp_events", "prescriptions", "lsoas", "hospice_episodes",
-    ...              "inpatient_spells", "ae_attendances", "social_care_packages"):
-    ...     _ = put(name)
-    >>> person = {"sex": "F", "birth_year": 1950, "birth_month": 1, "practice_code": "G80001",
-    ...           "lsoa_code": "E01000001", "registration_start": dt.date(2000, 1, 1)}
-    >>> _ = put("persons", [{**person, "person_id": "a"}, {**person, "person_id": "b"}])
-    >>> _ = put("costs", [{"person_id": "a", "activity_date": dt.date(2024, 5, 1),
-    ...                    "service_line": "ae", "cost_gbp": 148.0}])
-    >>> pc = person_costs(Toy(), "2024-04-01", "2025-03-31")
+    >>> from kidresearch._examples import toy_kid
+    >>> kid = toy_kid({
+    ...     "persons": [{"person_id": "a", "birth_year": 1950}, {"person_id": "b"}],
+    ...     "costs": [{"person_id": "a", "activity_date": dt.date(2024, 5, 1),
+    ...                "service_line": "ae", "cost_gbp": 148.0}]})
+    >>> pc = person_costs(kid, "2024-04-01", "2025-03-31")
     >>> pc.frame.set_index("person_id").cost_gbp.sort_index().tolist()
     [148.0, 0.0]
     """
@@ -1267,13 +1255,11 @@ def panel(
     years_t = tuple(sorted({int(y) for y in years}))
     if len(years_t) < 2:
         raise CostError(f"The 'years' parameter must hold at least two years. Got {years!r}.")
-    persons = kid.table("persons")
     costs = kid.table("costs")
     frames = []
     for year in years_t:
         start, end = dt.date(year, 1, 1), dt.date(year, 12, 31)
-        cohort = persons.filter(alive_and_registered(persons, start))
-        cohort = cohort.select("person_id", "practice_code", age=age_on(cohort, start))
+        cohort = people_on(kid, start, columns=("person_id", "practice_code", "age"))
         window = costs.filter(costs.activity_date.between(ibis.literal(start), ibis.literal(end)))
         spend = window.group_by("person_id").aggregate(cost_gbp=window.cost_gbp.sum())
         joined = cohort.left_join(spend, "person_id").drop("person_id_right")

@@ -61,6 +61,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
+from kidresearch._persons import with_area
 from kidresearch.errors import SegmentError
 from kidresearch.frailty import (
     CHRONIC_DEFICITS,
@@ -261,8 +262,7 @@ def segments_query(kid: KIDLike, at: dt.date, *, codes: pd.DataFrame | None = No
     joined = base
     for extra in (palliative, organ, ld, ltc, preg, hospice, emergency, last_ae, placements):
         joined = joined.left_join(extra, "person_id").drop("person_id_right")
-    lsoas = kid.table("lsoas").select("lsoa_code", "district", "imd_decile", "imd_quintile")
-    joined = joined.left_join(lsoas, "lsoa_code").drop("lsoa_code_right")
+    joined = with_area(kid, joined, ("district", "imd_decile", "imd_quintile"))
 
     def recent(col: ir.DateValue, since: dt.date) -> ir.BooleanValue:
         return (col >= ibis.literal(since)).fill_null(False)
@@ -393,23 +393,10 @@ def bridges_to_health(
 
     Examples
     --------
-    >>> import ibis, pyarrow as pa
-    >>> from kidresearch.schema import RESEARCH_TABLES
-    >>> con = ibis.duckdb.connect()
-    >>> def put(name, rows=()):
-    ...     schema = RESEARCH_TABLES[name].arrow_schema()
-    ...     return con.create_table(name, pa.Table.from_pylist(list(rows), schema=schema))
-    >>> class Toy:
-    ...     def table(self, name):
-    ...         return con.table(name)
-    >>> for name in ("gp_events", "prescriptions", "lsoas", "hospice_episodes",
-    ...              "inpatient_spells", "ae_attendances", "social_care_packages"):
-    ...     _ = put(name)
-    >>> person = {"sex": "F", "birth_month": 1, "practice_code": "G80001",
-    ...           "lsoa_code": "E01000001", "registration_start": dt.date(2000, 1, 1)}
-    >>> _ = put("persons", [{**person, "person_id": "baby", "birth_year": 2024},
-    ...                     {**person, "person_id": "adult", "birth_year": 1980}])
-    >>> seg = bridges_to_health(Toy(), "2024-06-30")
+    >>> from kidresearch._examples import toy_kid
+    >>> kid = toy_kid({"persons": [{"person_id": "baby", "birth_year": 2024},
+    ...                            {"person_id": "adult", "birth_year": 1980}]})
+    >>> seg = bridges_to_health(kid, "2024-06-30")
     >>> seg.frame.set_index("person_id").segment.astype(str).sort_index().to_dict()
     {'adult': 'healthy', 'baby': 'maternal_and_infant'}
     """

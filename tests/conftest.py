@@ -90,3 +90,40 @@ def demo_kid(tmp_path_factory: pytest.TempPathFactory, demo_synth: Path, demo_ke
         "demo_kid",
         lambda out: build(demo_synth / "raw", out, key_file=demo_key, progress=False),
     )
+
+
+_ALL_TABLES_PROPOSAL = """\
+id: recipes-tests
+title: Recipe tests against the synthetic truth
+lead_researcher: Test suite
+organisation: kidresearch
+purpose: Check the analysis recipes against the demo KID's truth file.
+approved: 2026-01-01
+expires: 2099-01-01
+kid_version: latest
+tables:
+{tables}
+study_period:
+  start: 1900-01-01
+  end: 2099-12-31
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_session(demo_kid: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A KID session on the demo KID for a proposal approving every research table.
+
+    The study period starts in 1900 because the eFI needs every coded event ever recorded.
+    Module-scoped: each test module (and so each xdist worker) opens its own session on the
+    shared, read-only demo KID.
+    """
+    import kidresearch
+    from kidresearch.schema import RESEARCH_TABLES
+
+    folder = tmp_path_factory.mktemp("recipes_proposal")
+    path = folder / "recipes-tests.yaml"
+    tables = "\n".join(f"  {name}: all" for name in RESEARCH_TABLES)
+    path.write_text(_ALL_TABLES_PROPOSAL.format(tables=tables))
+    kid = kidresearch.connect(path, data=demo_kid, user="tests")
+    yield kid
+    kid.close()

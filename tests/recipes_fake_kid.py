@@ -1,4 +1,6 @@
-"""A small fake KID session with known truth, for the recipe tests (frailty, risk, variation).
+"""Small fake KID sessions for the recipe tests: one with known truth (frailty, risk, variation)
+and hand-made ones (:func:`session_from_frames`, :func:`toy_session`) over
+:class:`kidresearch._examples.ToyKID`.
 
 Every table conforms to ``kidresearch.schema.RESEARCH_TABLES``; the data are drawn with numpy
 from parameters kept in ``FakeKID.truth`` so that tests compare recipe output with what the
@@ -14,8 +16,8 @@ import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pytest
 
+from kidresearch._examples import ToyKID
 from kidresearch.schema import RESEARCH_TABLES
 
 N_DEFICITS = 35
@@ -344,76 +346,43 @@ _DEFAULTS = {
 }
 
 
-def session_from_frames(frames: dict[str, pd.DataFrame]) -> FakeKID:
+def session_from_frames(frames: dict[str, pd.DataFrame]) -> ToyKID:
     """A session over hand-written frames; absent tables are empty, absent columns defaulted."""
-    con = ibis.duckdb.connect()
-    for name in (
-        "persons",
-        "practices",
-        "lsoas",
-        "gp_events",
-        "prescriptions",
-        "inpatient_spells",
-        "ae_attendances",
-        "outpatient_appointments",
-        "social_care_packages",
-    ):
-        schema = RESEARCH_TABLES[name].arrow_schema()
-        frame = frames.get(name, pd.DataFrame(columns=schema.names))
-        tidy = pd.DataFrame(index=frame.index)
-        for col in schema.names:
-            if col in frame:
-                tidy[col] = frame[col]
-                if _DEFAULTS.get(col) is not None:
-                    tidy[col] = tidy[col].where(tidy[col].notna(), _DEFAULTS[col])
-            elif col == "extract_month":
-                tidy[col] = "2020-01"
-            else:
-                tidy[col] = _DEFAULTS.get(col)
-        con.create_table(name, pa.Table.from_pandas(tidy, schema=schema, preserve_index=False))
-    return FakeKID(con=con, frames=frames)
+    return ToyKID(frames, defaults={**_DEFAULTS, "extract_month": "2020-01"})
 
 
-_ALL_TABLES_PROPOSAL = """\
-id: recipes-tests
-title: Recipe tests against the synthetic truth
-lead_researcher: Test suite
-organisation: kidresearch
-purpose: Check the frailty, risk and variation recipes against the demo KID's truth file.
-approved: 2026-01-01
-expires: 2099-01-01
-kid_version: latest
-tables:
-{tables}
-study_period:
-  start: 1900-01-01
-  end: 2099-12-31
-"""
-# The eFI needs every coded event ever recorded, so the proposal's study period starts early.
-RECIPE_TABLES = (
-    "persons",
-    "practices",
-    "lsoas",
-    "gp_events",
-    "prescriptions",
-    "inpatient_spells",
-    "ae_attendances",
-    "outpatient_appointments",
-    "social_care_packages",
-    "programme_enrolments",
-)
+#: Defaults of the hand-made rows of the costs and segments tests.
+_TOY_DEFAULTS = {
+    "provider_code": "RVV",
+    "los_days": 1,
+    "admission_method": "21",
+    "primary_diagnosis_icd10": "I21",
+    "department_type": "1",
+    "disposal": "discharged",
+    "weekly_cost_gbp": 500.0,
+    "setting": "inpatient",
+}
+#: One LSOA per IMD quintile (E01000001 is quintile 1, the most deprived), all in Dover.
+_TOY_LSOAS = [
+    {
+        "lsoa_code": f"E0100000{q}",
+        "district": "Dover",
+        "imd_score": 60.0 - 10 * q,
+        "imd_decile": 2 * q,
+        "imd_quintile": q,
+        "latitude": 51.1,
+        "longitude": 1.3,
+    }
+    for q in range(1, 6)
+]
 
 
-@pytest.fixture(scope="module")
-def demo_session(demo_kid, tmp_path_factory):
-    """A KID session on the demo KID for a proposal approving every table the recipes read."""
-    import kidresearch
+def toy_session(rows: dict[str, list[dict]]) -> ToyKID:
+    """A session over hand-written rows (costs and segments tests): absent tables empty, absent
+    columns defaulted, and five LSOAs (one per IMD quintile) unless ``rows`` gives ``lsoas``."""
+    return ToyKID({"lsoas": _TOY_LSOAS, **rows}, defaults=_TOY_DEFAULTS)
 
-    folder = tmp_path_factory.mktemp("recipes_proposal")
-    path = folder / "recipes-tests.yaml"
-    path.write_text(
-        _ALL_TABLES_PROPOSAL.format(tables="\n".join(f"  {t}: all" for t in RECIPE_TABLES))
-    )
-    kid = kidresearch.connect(path, data=demo_kid, user="tests")
-    yield kid
-    kid.close()
+
+# The ``demo_session`` fixture lives in conftest.py; this name stays for test modules that still
+# bind ``demo_session = recipes_fake_kid.demo_session`` (frailty, risk, variation tests).
+from conftest import demo_session  # noqa: E402, F401

@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from test_segments import kid_all_tables, toy_session  # noqa: F401 - fixture
+from recipes_fake_kid import toy_session
 
 from kidresearch import costs
 from kidresearch.costs import CostError, PersonCosts
@@ -289,10 +289,10 @@ def test_table_releases_mean_costs_through_sdc(simulated: PersonCosts) -> None:
 # The demo KID against the generator's truth
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def demo_costs(kid_all_tables, demo_truth) -> PersonCosts:  # noqa: F811
+def demo_costs(demo_session, demo_truth) -> PersonCosts:
     start = dt.date.fromisoformat(demo_truth["costs"]["reference_date"])
     end = start + dt.timedelta(days=364)  # the truth's window: 365 days from the date
-    return costs.person_costs(kid_all_tables, start, end)
+    return costs.person_costs(demo_session, start, end)
 
 
 def test_demo_person_costs_match_truth(demo_costs: PersonCosts, demo_truth: dict) -> None:
@@ -312,10 +312,10 @@ def test_demo_person_costs_match_truth(demo_costs: PersonCosts, demo_truth: dict
 def test_demo_ladder_shows_the_true_gradient_at_crude_and_absorbs_it(
     demo_costs: PersonCosts,
     demo_truth: dict,
-    kid_all_tables,  # noqa: F811
+    demo_session,
 ) -> None:
     truth = demo_truth["costs"]["deprivation_gradient_q1_vs_q5_55_plus"]
-    cm = costs.map(kid_all_tables, data=demo_costs, by="practice", model="two_part")
+    cm = costs.map(demo_session, data=demo_costs, by="practice", model="two_part")
     ladder = cm.ladder.set_index("step")
     crude = ladder.loc["crude", "gradient_55_plus"]
     final = ladder.loc["deprivation", "gradient_55_plus"]
@@ -336,13 +336,13 @@ def test_demo_ladder_shows_the_true_gradient_at_crude_and_absorbs_it(
     assert cm.map().get_xlabel() == "longitude"
 
 
-def test_demo_panel_matches_pandas_and_fits_both_models(kid_all_tables) -> None:  # noqa: F811
-    result = costs.panel(kid_all_tables, by="practice", years=[2022, 2023, 2024])
+def test_demo_panel_matches_pandas_and_fits_both_models(demo_session) -> None:
+    result = costs.panel(demo_session, by="practice", years=[2022, 2023, 2024])
     frame = result.frame
     assert set(frame.year) == {2022, 2023, 2024}
     # Independent pandas computation for one practice-year.
-    persons = kid_all_tables.table("persons").to_pandas()
-    spend = kid_all_tables.table("costs").to_pandas()
+    persons = demo_session.table("persons").to_pandas()
+    spend = demo_session.table("costs").to_pandas()
     day = pd.Timestamp("2023-01-01")
     start = pd.to_datetime(persons.registration_start)
     end = pd.to_datetime(persons.registration_end)
@@ -361,7 +361,7 @@ def test_demo_panel_matches_pandas_and_fits_both_models(kid_all_tables) -> None:
     assert np.isfinite(summary.std_error).all()
     assert result.plot().get_xlabel() == "year"
     with pytest.raises(CostError, match="at least two"):
-        costs.panel(kid_all_tables, years=[2023])
+        costs.panel(demo_session, years=[2023])
 
 
 def test_released_units_blank_small_and_dominated_units() -> None:

@@ -5,100 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 
-import ibis
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
-from recipes_fake_kid import _ALL_TABLES_PROPOSAL
+from recipes_fake_kid import toy_session
 
 from kidresearch import segments
 from kidresearch.data import load
-from kidresearch.schema import RESEARCH_TABLES
 from kidresearch.segments import Segmentation, SegmentError, bridges_to_health
 
 AT = dt.date(2024, 6, 30)
-TOY_TABLES = (
-    "persons",
-    "practices",
-    "lsoas",
-    "gp_events",
-    "prescriptions",
-    "inpatient_spells",
-    "ae_attendances",
-    "outpatient_appointments",
-    "social_care_packages",
-    "hospice_episodes",
-    "costs",
-)
-_DEFAULTS = {
-    "sex": "F",
-    "birth_month": 1,
-    "practice_code": "G80001",
-    "lsoa_code": "E01000001",
-    "registration_start": dt.date(2000, 1, 1),
-    "provider_code": "RVV",
-    "los_days": 1,
-    "admission_method": "21",
-    "primary_diagnosis_icd10": "I21",
-    "department_type": "1",
-    "disposal": "discharged",
-    "weekly_cost_gbp": 500.0,
-    "setting": "inpatient",
-    "extract_month": "2024-01",
-}
-
-
-@pytest.fixture(scope="module")
-def kid_all_tables(demo_kid, tmp_path_factory):
-    """A KID session on the demo KID for a proposal approving every research table."""
-    import kidresearch
-
-    folder = tmp_path_factory.mktemp("segments_costs_proposal")
-    path = folder / "recipes-tests.yaml"
-    tables = "\n".join(f"  {t}: all" for t in RESEARCH_TABLES)
-    path.write_text(_ALL_TABLES_PROPOSAL.format(tables=tables))
-    kid = kidresearch.connect(path, data=demo_kid, user="tests")
-    yield kid
-    kid.close()
-
-
-class ToySession:
-    """A KID-like session over hand-written rows (absent tables empty, columns defaulted)."""
-
-    def __init__(self, rows: dict[str, list[dict]]):
-        self.con = ibis.duckdb.connect()
-        for name in TOY_TABLES:
-            schema = RESEARCH_TABLES[name].arrow_schema()
-            full = [
-                {c: r.get(c, _DEFAULTS.get(c)) for c in schema.names} for r in rows.get(name, [])
-            ]
-            self.con.create_table(name, pa.Table.from_pylist(full, schema=schema))
-
-    def table(self, name: str) -> ibis.Table:
-        return self.con.table(name)
-
-
-def toy_session(rows: dict[str, list[dict]]) -> ToySession:
-    rows = dict(rows)
-    rows.setdefault(
-        "lsoas",
-        [
-            {
-                "lsoa_code": f"E0100000{q}",
-                "district": "Dover",
-                "imd_score": 60.0 - 10 * q,
-                "imd_decile": 2 * q,
-                "imd_quintile": q,
-                "latitude": 51.1,
-                "longitude": 1.3,
-            }
-            for q in range(1, 6)
-        ],
-    )
-    return ToySession(rows)
-
-
 EFI = load("efi_deficits", dtype={"snomed_code": str})
 EFI = EFI[EFI.snomed_code.notna()]
 DIABETES = EFI[EFI.deficit == "diabetes"].snomed_code.iloc[0]
@@ -335,9 +251,9 @@ def test_shipped_code_list_has_provenance() -> None:
     assert codes.snomed_code.str.fullmatch(r"\d{6,18}").all()
 
 
-def test_demo_frailty_segment_flag_matches_true_efi_share(kid_all_tables, demo_truth) -> None:
+def test_demo_frailty_segment_flag_matches_true_efi_share(demo_session, demo_truth) -> None:
     at = "2024-11-01"
-    seg = bridges_to_health(kid_all_tables, at)
+    seg = bridges_to_health(demo_session, at)
     f = seg.frame
     older = f[(f.age >= 65) & (f.age <= 95)]
     truth = next(e for e in demo_truth["efi"]["shares_by_date"] if e["date"] == at)

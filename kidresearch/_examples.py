@@ -1,0 +1,155 @@
+"""A toy KID session over a few hand-written rows, for docstring examples and unit tests.
+
+The recipes read research tables through ``kid.table(name)`` (and ``kid.to_pandas(expr)``);
+:func:`toy_kid` gives an object with those methods over an in-memory DuckDB database holding
+every table of :data:`kidresearch.schema.RESEARCH_TABLES`, with the given rows, so an example
+shows a recipe on three people without a built KID. Tables not given are empty; columns not
+given (or missing in a frame) take :data:`TOY_DEFAULTS` (or ``defaults``), else null.
+
+Examples
+--------
+>>> kid = toy_kid({"persons": [{"person_id": "a", "birth_year": 1950}]})
+>>> kid.to_pandas(kid.table("persons"))[["person_id", "sex", "practice_code"]]
+  person_id sex practice_code
+0         a   F        G80001
+>>> kid.table("costs").count().execute()
+0
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+import pyarrow as pa
+
+from kidresearch.schema import RESEARCH_TABLES
+
+__all__ = ["TOY_DEFAULTS", "ToyKID", "toy_kid"]
+
+#: Values taken by columns a toy row leaves out: one practice and LSOA, registered since 2000.
+TOY_DEFAULTS: dict[str, object] = {
+    "sex": "F",
+    "birth_year": 1950,
+    "birth_month": 1,
+    "practice_code": "G80001",
+    "lsoa_code": "E01000001",
+    "registration_start": dt.date(2000, 1, 1),
+    "extract_month": "2024-01",
+}
+
+Rows = Sequence[Mapping[str, Any]] | pd.DataFrame
+
+
+def _check_rows(name: str, rows: Rows) -> Rows:
+    if isinstance(rows, pd.DataFrame):
+        return rows
+    if isinstance(rows, (Mapping, str)):
+        raise TypeError(
+            f"The rows of toy table '{name}' must be a list of dicts or a DataFrame. "
+            f"Got {type(rows).__name__} instead."
+        )
+    return [dict(r) for r in rows]
+
+
+def _arrow(name: str, rows: Rows, fill: Mapping[str, object]) -> pa.Table:
+    schema = RESEARCH_TABLES[name].arrow_schema()
+    if not isinstance(rows, pd.DataFrame):
+        full = [{c: r.get(c, fill.get(c)) for c in schema.names} for r in rows]
+        return pa.Table.from_pylist(full, schema=schema)
+    # A frame's missing values take the defaults too, as absent keys of a dict row do.
+    tidy = pd.DataFrame(index=rows.index)
+    for col in schema.names:
+        default = fill.get(col)
+        if col not in rows:
+            tidy[col] = default
+        elif default is None:
+            tidy[col] = rows[col]
+        else:
+            tidy[col] = rows[col].where(rows[col].notna(), default)
+    return pa.Table.from_pandas(tidy, schema=schema, preserve_index=False)
+
+
+class ToyKID:
+    """A KID-like session over hand-written rows in an in-memory DuckDB (see :func:`toy_kid`).
+
+    Attributes
+    ----------
+    con
+        The Ibis DuckDB connection holding the tables.
+    """
+
+    def __init__(
+        self,
+        rows: Mapping[str, Rows] | None = None,
+        *,
+        defaults: Mapping[str, object] | None = None,
+    ) -> None:
+        rows = dict(rows or {})
+        unknown = sorted(set(rows) - set(RESEARCH_TABLES))
+        if unknown:
+            raise KeyError(
+                f"Toy tables {unknown} are not research tables; expected names from "
+                f"{list(RESEARCH_TABLES)}."
+            )
+        self._rows = {name: _check_rows(name, table_rows) for name, table_rows in rows.items()}
+        self._fill = {**TOY_DEFAULTS, **(defaults or {})}
+        self.con = ibis.duckdb.connect()
+
+    def table(self, name: str) -> ir.Table:
+        """The research table ``name`` as an Ibis table (made on first use)."""
+        if name not in self.con.list_tables():
+            if name not in RESEARCH_TABLES:
+                raise KeyError(
+                    f"'{name}' is not a research table; expected one of {list(RESEARCH_TABLES)}."
+                )
+            self.con.create_table(name, _arrow(name, self._rows.get(name, []), self._fill))
+        return self.con.table(name)
+
+    def to_pandas(self, expr: ir.Table | str) -> pd.DataFrame:
+        """Execute an expression (or read a table by name) into a DataFrame."""
+        if isinstance(expr, str):
+            expr = self.table(expr)
+        return expr.to_pandas()
+
+    def __repr__(self) -> str:
+        return f"ToyKID(tables={len(RESEARCH_TABLES)})"
+
+
+def toy_kid(
+    rows: Mapping[str, Rows] | None = None,
+    *,
+    defaults: Mapping[str, object] | None = None,
+) -> ToyKID:
+    """A toy KID session holding ``rows`` (table name -> list of dicts or a DataFrame).
+
+    Parameters
+    ----------
+    rows
+        Rows of some research tables; every other table is empty.
+    defaults
+        Values for columns a row leaves out, on top of :data:`TOY_DEFAULTS`.
+
+    Returns
+    -------
+    ToyKID
+
+    Raises
+    ------
+    KeyError
+        A table name is not a research table.
+    TypeError
+        A table's rows are neither a list of dicts nor a DataFrame.
+
+    Examples
+    --------
+    >>> kid = toy_kid({"costs": [{"person_id": "a", "activity_date": dt.date(2024, 5, 1),
+    ...                           "service_line": "ae", "cost_gbp": 148.0}]})
+    >>> kid.table("costs").cost_gbp.sum().execute()
+    148.0
+    """
+    return ToyKID(rows, defaults=defaults)
