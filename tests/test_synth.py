@@ -59,6 +59,15 @@ def _latest(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+# Episode feeds: (end, start) column pairs; an end before its start is impossible.
+END_BEFORE_START = {
+    "registrations": [("registration_end", "registration_start")],
+    "inpatient_spells": [("discharge_date", "admission_date")],
+    "social_care_packages": [("end_date", "start_date")],
+    "hospice_episodes": [("end_date", "start_date")],
+}
+
+
 def _violations(feed: str, df: pd.DataFrame) -> pd.Series:
     """Rows a loader must quarantine (schema rules + date logic), by an independent check."""
     table = RAW_FEEDS[feed]
@@ -75,8 +84,8 @@ def _violations(feed: str, df: pd.DataFrame) -> pd.Series:
             bad[present] |= ~matches
         if col.minimum is not None:
             bad |= present & (pd.to_numeric(values, errors="coerce") < col.minimum)
-    if feed == "inpatient_spells":
-        bad |= df.discharge_date < df.admission_date
+    for end, start in END_BEFORE_START.get(feed, ()):
+        bad |= df[end].notna() & (df[end] < df[start])
     date_col = table.date_column
     month_end = pd.to_datetime(df.extract_month + "-01") + pd.offsets.MonthEnd(0)
     bad |= pd.to_datetime(df[date_col]) > month_end
@@ -372,6 +381,108 @@ def test_deaths_end_registrations(demo_synth: Path, register: pd.DataFrame):
     delivered = ends.notna().to_numpy()
     assert delivered.mean() > 0.9  # the rest die in the last extract months (lag)
     assert (ends.to_numpy()[delivered] == date[delivered]).all()
+
+
+# ------------------------------------------------------------------ impossible records
+def _month_index(values: pd.Series) -> np.ndarray:
+    """Months since 1970-01 of dates or 'YYYY-MM' strings (NaN where missing)."""
+    stamp = pd.to_datetime(values.astype("string").str.slice(0, 7) + "-01", errors="coerce")
+    return (stamp.dt.year * 12 + stamp.dt.month - 1).to_numpy(dtype=float)
+
+
+def test_spells_are_sent_after_discharge(demo_synth: Path, demo_truth: dict):
+    """SUS sends a spell after discharge: extract month >= discharge month + the minimum lag
+    (the period's first extract carries the history from before the period)."""
+    spells = _read(demo_synth / "raw", "inpatient_spells")
+    spells = spells[~_violations("inpatient_spells", spells)]
+    first_lag = min(int(k) for k in demo_truth["data_quality"]["reporting_lag_months"])
+    extract = _month_index(spells.extract_month)
+    discharge = _month_index(spells.discharge_date)
+    first = _month_index(pd.Series([demo_truth["period"]["start"]]))[0]
+    assert (extract >= discharge).all()
+    final = _latest(spells)
+    extract, discharge = _month_index(final.extract_month), _month_index(final.discharge_date)
+    history = discharge < first
+    assert (extract[history] == first).all()
+    assert (extract[~history] >= discharge[~history] + first_lag).all()
+    # Long stays exist, so the rule has cases where admission and discharge months differ.
+    assert (discharge > _month_index(final.admission_date)).sum() > 100
+
+
+def test_registration_episodes_end_after_they_start(tmp_path):
+    """Many moves in and out and changes over a short period: people who leave on the first
+    day a change was possible used to get a second episode ending the day before it started."""
+    scn = {
+        "period": {"start": "2021-11", "end": "2024-10"},
+        "population": {
+            "people": 6000,
+            "practices": 3,
+            "chunk_size": 3000,
+            "move_in_share": 0.5,
+            "move_out_share": 0.5,
+            "practice_change_share": 0.5,
+            "address_change_share": 0.5,
+        },
+    }
+    result = generate(scn, out=tmp_path, seed=3, workers=1)
+    reg = _read(tmp_path / "raw", "registrations")
+    ended = reg.registration_end.notna()
+    assert ended.sum() > 1000
+    assert (reg.registration_end[ended] >= reg.registration_start[ended]).all()
+    # Episodes of one person follow each other without overlap.
+    last = _latest(reg).sort_values(["nhs_number", "registration_start"])
+    prev_end = pd.to_datetime(last.registration_end.shift())
+    # (an episode's end may still be on its way when the next one has arrived: reporting lag)
+    same = last.nhs_number.eq(last.nhs_number.shift()) & prev_end.notna()
+    assert same.sum() > 1000
+    assert (pd.to_datetime(last.registration_start[same]) > prev_end[same]).all()
+    # Nothing malformed here is counted as an injected error, and none was found.
+    assert (
+        sum(result.truth["data_quality"]["feeds"]["registrations"]["injected_errors"].values()) == 0
+    )
+
+
+def test_no_impossible_records(demo_synth: Path, register: pd.DataFrame):
+    """Outside the injected errors (which a validator finds, see above): no event before birth
+    or after death, no end before start, length of stay = discharge - admission, and no row
+    sent before the month of any of its dates."""
+    raw = demo_synth / "raw"
+    people = register.groupby("nhs_number").date_of_birth.first()
+    deaths = _read(raw, "deaths")
+    deaths["nhs"] = _normalise(deaths.nhs_number)
+    death = _latest(deaths).groupby("nhs").date_of_death.first()
+    dob = pd.to_datetime(people)
+    died = pd.to_datetime(death.reindex(dob.index))
+    assert died.notna().sum() > 100
+    assert (died.dropna() >= dob[died.notna()]).all()
+    problems = {}
+    for feed, table in RAW_FEEDS.items():
+        df = _read(raw, feed)
+        df = df[~_violations(feed, df)]
+        nhs = _normalise(df.nhs_number)
+        linked = nhs.isin(dob.index).to_numpy()
+        born = dob.reindex(nhs).to_numpy()
+        dead = died.reindex(nhs).to_numpy()
+        extract = _month_index(df.extract_month)
+        for col in table.columns:
+            if col.dtype != "date" or col.name == "date_of_birth":
+                continue
+            when = pd.to_datetime(df[col.name]).to_numpy()
+            has = ~pd.isna(when)
+            problems[(feed, col.name, "before birth")] = int((has & linked & (when < born)).sum())
+            problems[(feed, col.name, "after death")] = int((has & linked & (when > dead)).sum())
+            month = _month_index(df[col.name])
+            problems[(feed, col.name, "sent before it")] = int((has & (month > extract)).sum())
+        for end, start in END_BEFORE_START.get(feed, ()):
+            problems[(feed, end, "before start")] = int((df[end] < df[start]).sum())
+        if feed == "inpatient_spells":
+            los = (pd.to_datetime(df.discharge_date) - pd.to_datetime(df.admission_date)).dt.days
+            problems[(feed, "los_days", "not discharge - admission")] = int(
+                (los != df.los_days).sum()
+            )
+    found = {k: v for k, v in problems.items() if v}
+    assert not found, found
+    assert len(problems) > 40
 
 
 # ------------------------------------------------------------------ realism against truth

@@ -655,7 +655,9 @@ class ChunkSimulator:
         _add(self.truth.counts, "emergency_spells", n)
         _add(self.truth.counts, "emergency_acsc_spells", int(is_acsc.sum()))
         _add(self.truth.counts, "elective_spells", m)
-        return self._rows(cols, pid, day)
+        # SUS sends an inpatient spell after discharge: the extract month follows the discharge
+        # month (plus the reporting lag), never the admission month.
+        return self._rows(cols, pid, day + los_all)
 
     def _practice_on(self, pid: np.ndarray, day: np.ndarray) -> np.ndarray:
         p = self.p
@@ -1195,6 +1197,17 @@ def _to_arrow(name: str, values: np.ndarray, dtype: pa.DataType) -> pa.Array:
     return pa.array(np.asarray(values), type=dtype)
 
 
+def _month_ends(cal: Calendar) -> np.ndarray:
+    """Last day of each extract month (relative month index -> day)."""
+    first_days = (
+        np.arange(cal.first_month + 1, cal.first_month + cal.n_months + 1)
+        .astype("datetime64[M]")
+        .astype("datetime64[D]")
+        .astype(np.int64)
+    )
+    return first_days - 1
+
+
 def finish_feed(
     feed: str,
     rows: FeedRows,
@@ -1224,10 +1237,14 @@ def finish_feed(
         pick = cand[rng.random(len(cand)) < dq.correction_rate]
         corrected = {k: v[pick].copy() for k, v in cols.items()}
         wrong_diag = rng.random(len(pick)) < 0.5
+        shift = rng.integers(1, 4, len(pick))
+        # A wrong (later) discharge date must still lie before the end of the extract month the
+        # first version is sent in (possible only with a 0-month lag): else the diagnosis is wrong.
+        month_end = _month_ends(cal)
+        wrong_diag |= cols["discharge_date"][pick] + shift > month_end[month[pick]]
         cols["primary_diagnosis_icd10"] = cols["primary_diagnosis_icd10"].set(
             pick[wrong_diag], "R69X"
         )
-        shift = rng.integers(1, 4, len(pick))
         wd = pick[~wrong_diag]
         cols["discharge_date"][wd] = cols["discharge_date"][wd] + shift[~wrong_diag]
         cols["los_days"][wd] = cols["los_days"][wd] + shift[~wrong_diag]
@@ -1263,13 +1280,7 @@ def finish_feed(
             bad["discharge_date"] = bad["admission_date"] - back
             bad["los_days"] = (-back).astype(np.int32)
         elif kind == "date_after_extract_month":
-            m_end = (
-                np.arange(cal.first_month + 1, cal.first_month + cal.n_months + 1)
-                .astype("datetime64[M]")
-                .astype("datetime64[D]")
-                .astype(np.int64)
-            )
-            bad[column] = m_end[month[pick]] + rng.integers(30, 400, len(pick))
+            bad[column] = _month_ends(cal)[month[pick]] + 1 + rng.integers(30, 400, len(pick))
         elif kind in ("unknown_attendance_status", "unknown_department_type"):
             bad[column] = bad[column].set(np.arange(len(pick)), "9")
         else:

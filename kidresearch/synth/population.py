@@ -435,7 +435,9 @@ def simulate_people(
         np.where(u < pop.practice_change_share + pop.address_change_share, 2, 0),
     ).astype(np.int8)
     change_day = lo_day + np.floor(rng.random(n) * (exit_excl - lo_day)).astype(np.int64)
-    change_kind[change_day <= reg_start] = 0
+    # No change on or before the registration start, nor on or after the move-out (a person
+    # who leaves on their first possible change day has no room for a second episode).
+    change_kind[(change_day <= reg_start) | (change_day >= exit_excl)] = 0
     change_day[change_kind == 0] = -1
     # New practice: a random other practice of the same district.
     p_dist = geo.practice_district[practice]
