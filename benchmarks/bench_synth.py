@@ -8,7 +8,7 @@ Usage::
 
 Each run happens in a fresh subprocess so that its peak memory is its own: ``ru_maxrss`` of the
 parent and of its largest worker process (``resource.getrusage``), and the whole process tree's
-peak sampled every 0.25 s as the sum of PSS (psutil; shared pages counted once). ``--big`` adds
+peak sampled every 0.5 s as the sum of PSS (psutil; shared pages counted once). ``--big`` adds
 one run with 10M people written to ``--big-out`` (deleted afterwards) and prints its peaks next
 to the preset's with their ratio: memory must not grow with population size. ``--check`` also recomputes,
 from the raw files with DuckDB, the ACSC funnel (share of emergency spells with an ACSC
@@ -56,7 +56,7 @@ CHILD = textwrap.dedent(
                     pass
             peak["tree_pss_mb"] = max(peak["tree_pss_mb"], total / 2**20)
             peak["samples"] += 1
-            done.wait(0.25)
+            done.wait(0.5)
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     t0 = time.perf_counter()
@@ -186,6 +186,17 @@ def acsc_check(out: Path) -> dict:
     }
 
 
+def _print_preset(preset: str, results: list[dict], base: dict) -> None:
+    print(
+        f"\n{preset} ({results[0]['people']:,} people): median wall time "
+        f"{base['median_wall_s']:.1f} s over {base['runs']} run(s); peak RSS parent "
+        f"{base['parent_rss_mb']:.0f} MB, largest worker {base['worker_rss_mb']:.0f} MB, "
+        f"whole tree {base['tree_pss_mb']:.0f} MB; rows written {results[0]['rows']:,}"
+    )
+    for feed, n in results[0]["rows_by_feed"].items():
+        print(f"  {feed:<26} {n:>12,}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="kent")
@@ -197,7 +208,14 @@ def main() -> None:
         "--big-out", default="/tmp/synth10m", help="folder of the big run (deleted afterwards)"
     )
     parser.add_argument("--check", action="store_true", help="ACSC funnel precision/recall")
+    parser.add_argument(
+        "--results",
+        default=str(Path(__file__).parent / "out" / "bench_synth.json"),
+        help="preset figures are saved here; --runs 0 --big compares with the saved ones",
+    )
     args = parser.parse_args()
+    saved = Path(args.results)
+    base: dict = {}
 
     with tempfile.TemporaryDirectory(prefix="bench_synth_") as tmp:
         results = []
@@ -205,22 +223,21 @@ def main() -> None:
             res = run_once(args.preset, Path(tmp) / f"run{i}", args.workers)
             results.append(res)
             print(f"run {i + 1}/{args.runs}: {describe(res)}")
-        walls = [r["wall_s"] for r in results]
-        base = {
-            key: max(r[key] for r in results)
-            for key in ("parent_rss_mb", "worker_rss_mb", "tree_pss_mb")
-        }
-        print(
-            f"\n{args.preset} ({results[0]['people']:,} people): median wall time "
-            f"{statistics.median(walls):.1f} s over {len(walls)} run(s); peak RSS parent "
-            f"{base['parent_rss_mb']:.0f} MB, largest worker {base['worker_rss_mb']:.0f} MB, "
-            f"whole tree {base['tree_pss_mb']:.0f} MB; rows written {results[0]['rows']:,}"
-        )
-        for feed, n in results[0]["rows_by_feed"].items():
-            print(f"  {feed:<26} {n:>12,}")
-        if args.check:
-            print("\nACSC funnel (99.8% limits on the ACSC share of emergency spells):")
-            print("  " + json.dumps(acsc_check(Path(tmp) / "run0")))
+        if not results:
+            base = json.loads(saved.read_text())
+            print(f"{args.preset} figures from {saved}: {base}")
+        else:
+            walls = [r["wall_s"] for r in results]
+            base = {
+                key: max(r[key] for r in results)
+                for key in ("parent_rss_mb", "worker_rss_mb", "tree_pss_mb")
+            } | {"median_wall_s": statistics.median(walls), "runs": len(walls)}
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(base, indent=1) + "\n")
+            _print_preset(args.preset, results, base)
+            if args.check:
+                print("\nACSC funnel (99.8% limits on the ACSC share of emergency spells):")
+                print("  " + json.dumps(acsc_check(Path(tmp) / "run0")))
     if args.big:
         big_out = Path(args.big_out)
         try:
