@@ -300,7 +300,7 @@ def person_costs_query(kid: KIDLike, start: dt.date, end: dt.date) -> ir.Table:
     One row per person alive and registered on ``start``; a column per service line (0 when
     no activity) and ``cost_gbp`` (their sum), with the segmentation's person attributes.
     """
-    from kidresearch.segments import segments_query
+    from kidresearch.segments import PERSON_COLUMNS, segments_query
 
     costs = kid.table("costs")
     window = costs.filter(costs.activity_date.between(ibis.literal(start), ibis.literal(end)))
@@ -310,18 +310,7 @@ def person_costs_query(kid: KIDLike, start: dt.date, end: dt.date) -> ir.Table:
             for line in SERVICE_LINES
         }
     )
-    people = segments_query(kid, start).select(
-        "person_id",
-        "sex",
-        "age",
-        "practice_code",
-        "lsoa_code",
-        "district",
-        "imd_decile",
-        "imd_quintile",
-        "deficit_count",
-        "segment",
-    )
+    people = segments_query(kid, start).select(*PERSON_COLUMNS, "segment")
     joined = people.left_join(per_person, "person_id").drop("person_id_right")
     lines = {line: joined[line].fill_null(0.0) for line in SERVICE_LINES}
     total = sum(lines.values(), ibis.literal(0.0))

@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CHRONIC_EFI_DEFICITS",
+    "PERSON_COLUMNS",
     "PRECEDENCE",
     "SEGMENTS",
     "SegmentError",
@@ -121,6 +122,18 @@ ACUTE_DAYS = 90
 PREGNANCY_MONTHS = 9
 CARE_PLACEMENTS = ("residential", "nursing")
 _RULES = ("end_of_life", "failing_health", "disability", "maternal_infant")
+#: Person attributes on ``at`` that :func:`segments_query` gives before the rule flags.
+PERSON_COLUMNS: tuple[str, ...] = (
+    "person_id",
+    "sex",
+    "age",
+    "practice_code",
+    "lsoa_code",
+    "district",
+    "imd_decile",
+    "imd_quintile",
+    "deficit_count",
+)
 
 
 def segment_codes(codes: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -287,15 +300,7 @@ def segments_query(kid: KIDLike, at: dt.date, *, codes: pd.DataFrame | None = No
     }
     segment = ibis.cases(*((flags[f"is_{s}"], s) for s in PRECEDENCE), else_="healthy")
     return joined.select(
-        "person_id",
-        "sex",
-        "age",
-        "practice_code",
-        "lsoa_code",
-        "district",
-        "imd_decile",
-        "imd_quintile",
-        "deficit_count",
+        *PERSON_COLUMNS,
         **flags,
         segment=segment,
     )

@@ -105,26 +105,20 @@ def test_two_to_one_nearest_selects_matchits_controls(lalonde: pd.DataFrame) -> 
     np.testing.assert_allclose(result.weights, reference["weights"], atol=1e-12)
 
 
-def test_cem_with_sturges_bins_equals_matchit(lalonde: pd.DataFrame) -> None:
-    reference = _reference("cem")
-    covs = ["age", "educ", "race", "married", "nodegree"]
-    result = match(lalonde, "treat", covs, method="cem")
-    np.testing.assert_allclose(result.weights, reference["weights"], atol=1e-12)
-    ours = pd.Series(result.subclass).where(result.subclass > 0)
-    assert _partition(lalonde["id"], ours) == _partition(reference["id"], reference["subclass"])
-
-
-def test_exact_matching_equals_matchit(lalonde: pd.DataFrame) -> None:
-    reference = _reference("exact")
-    result = match(lalonde, "treat", ["race", "married", "nodegree", "educ"], method="exact")
-    np.testing.assert_allclose(result.weights, reference["weights"], atol=1e-12)
-    ours = pd.Series(result.subclass).where(result.subclass > 0)
-    assert _partition(lalonde["id"], ours) == _partition(reference["id"], reference["subclass"])
-
-
-def test_mahalanobis_nearest_equals_matchit(lalonde: pd.DataFrame) -> None:
-    reference = _reference("mahal")
-    result = match(lalonde, "treat", ["age", "educ", "re74", "re75"], distance="mahalanobis")
+@pytest.mark.parametrize(
+    ("reference_name", "covariates", "options"),
+    [
+        # CEM with Sturges' bins, as MatchIt's in-house cem
+        ("cem", ["age", "educ", "race", "married", "nodegree"], {"method": "cem"}),
+        ("exact", ["race", "married", "nodegree", "educ"], {"method": "exact"}),
+        ("mahal", ["age", "educ", "re74", "re75"], {"distance": "mahalanobis"}),
+    ],
+)
+def test_subclasses_and_weights_equal_matchit(
+    lalonde: pd.DataFrame, reference_name: str, covariates: list[str], options: dict
+) -> None:
+    reference = _reference(reference_name)
+    result = match(lalonde, "treat", covariates, **options)
     np.testing.assert_allclose(result.weights, reference["weights"], atol=1e-12)
     ours = pd.Series(result.subclass).where(result.subclass > 0)
     assert _partition(lalonde["id"], ours) == _partition(reference["id"], reference["subclass"])
