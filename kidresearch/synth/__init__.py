@@ -10,9 +10,12 @@
 
 People are simulated in chunks of ``population.chunk_size`` (fixed by the scenario); each chunk
 has its own random stream (``SeedSequence(seed, spawn_key=(chunk,))``), so the same scenario and
-seed give byte-identical files however many worker processes run. Each feed-month file gets one
-row group per chunk, appended as chunks finish in order, so memory does not grow with the
-population.
+seed give byte-identical files however many worker processes run. Worker processes simulate
+chunks and spill each feed to a temporary Arrow part file (one record batch per extract month);
+then they write the feed-month Parquet files, each from the parts in chunk order (one row group
+per chunk). The parent only sums the chunks' truth statistics (counts and fixed-size arrays, in
+chunk order), and no process holds more than one chunk or one open Parquet writer, so peak
+memory depends on the chunk size, not on the population size.
 
 Examples
 --------
@@ -362,13 +365,15 @@ def generate(
             cost_55 += truth.cost_55_by_quintile
             if bar is not None:
                 bar.advance(sim_task)
-        for (feed, _, path), (rows, sha) in zip(
+        for (feed, m, path), (rows, sha) in zip(
             files, _in_order(ex, _write_file, files, workers), strict=True
         ):
             name = f"{feed}/{path.name}"
             file_rows[name] = rows
             file_sha[name] = sha
             row_counts[feed] += rows
+            if m == cal.n_months - 1:  # results come in order: this feed's files are all done
+                shutil.rmtree(parts / feed)
             if bar is not None:
                 bar.advance(write_task)
     finally:
