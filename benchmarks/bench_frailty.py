@@ -16,7 +16,7 @@ The machine is shared, so times are noisy; each timing is the median of ``--repe
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_frailty.py [--repeat 3] [--preset kent] [--skip-risk]
+    .venv/bin/python benchmarks/bench_frailty.py [--repeat 3] [--preset kent] [--kid DIR] [--skip-risk]
 """
 
 from __future__ import annotations
@@ -45,19 +45,28 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-def ensure_kid(preset: str) -> tuple[Path, Path, Path]:
-    """Generate and build the preset once; return (kid folder, truth.json, proposal yaml)."""
+def ensure_kid(preset: str, kid_dir: Path | None = None) -> tuple[Path, Path, Path]:
+    """Generate and build the preset once; return (kid folder, truth.json, proposal yaml).
+
+    With ``kid_dir`` (an already built KID, e.g. ``/tmp/kent/kid``) nothing is generated; its
+    truth is ``kid_dir/../synth/truth.json``.
+    """
     from kidresearch.linkage import build, new_key_file
     from kidresearch.synth import generate
 
     base = OUT / preset
+    base.mkdir(parents=True, exist_ok=True)
     synth, kid, key = base / "synth", base / "kid", base / "secrets" / "pseudonymisation.key"
-    if not (synth / "truth.json").exists():
+    if kid_dir is not None:
+        synth, kid = kid_dir.parent / "synth", kid_dir
+        if not (kid / "CURRENT").exists():
+            sys.exit(f"--kid {kid}: no CURRENT file; not a built KID folder")
+    elif not (synth / "truth.json").exists():
         say(f"generating the {preset} preset into {synth} (once) ...")
         started = time.perf_counter()
         generate(preset, out=synth, seed=SEED, progress=False)
         say(f"  generated in {time.perf_counter() - started:.0f} s")
-    if not (kid / ".complete").exists():
+    if kid_dir is None and not (kid / ".complete").exists():
         say(f"building the research KID into {kid} (once) ...")
         started = time.perf_counter()
         if not key.exists():
@@ -158,6 +167,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="kent")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--kid", type=Path, default=None, help="an already built KID folder (default: cached build)"
+    )
     parser.add_argument("--skip-risk", action="store_true")
     parser.add_argument("--full", action="store_true", help="also the trend through connect()")
     args = parser.parse_args()
@@ -165,7 +177,7 @@ def main() -> None:
     import kidresearch
     from kidresearch import frailty, risk, variation
 
-    kid_dir, truth_path, proposal = ensure_kid(args.preset)
+    kid_dir, truth_path, proposal = ensure_kid(args.preset, args.kid)
     truth = json.loads(truth_path.read_text())
     kid = kidresearch.connect(proposal, data=kid_dir, user="benchmark")
     persons = kid.table("persons")

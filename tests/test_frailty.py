@@ -371,6 +371,23 @@ def test_mortality_hazard_ratios_on_the_demo_kid_cover_the_truth(demo_session, d
     assert frame.loc["mild", "hr"] < frame.loc["moderate", "hr"] < frame.loc["severe", "hr"]
 
 
+def test_trend_on_the_demo_kid_equals_efi_at_month_ends_by_district(demo_session):
+    # The trend's onset/window bookkeeping against efi() run at each date on real-sized data:
+    # a leap-year February end (the 12-month window opens on 28 Feb 2023), a year end and the
+    # last month; counts per district and category among people aged 65+.
+    trend = frailty.trend(demo_session, "2022-11-01", "2024-12-31", by="district")
+    frame = trend.frame
+    assert frame.period.nunique() == 26
+    for day in ("2023-02-28", "2024-02-29", "2024-12-31"):
+        efi = frailty.efi(demo_session, day).frame
+        efi = efi[efi.age >= 65]
+        expected = efi.groupby(["district", "category"], observed=False).size()
+        got = frame[frame.period == day].set_index(["district", "category"]).people
+        got = got.reindex(expected.index, fill_value=0)
+        assert got.tolist() == expected.tolist(), day
+        assert int(got.sum()) == len(efi) > 8000
+
+
 def test_trend_result_summary_plot_and_html(fake):
     trend = frailty.trend(fake, "2020-01-01", "2020-12-31", freq="month", by="imd_quintile")
     summary = trend.summary()
