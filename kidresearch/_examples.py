@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from kidresearch.schema import RESEARCH_TABLES
 
-__all__ = ["TOY_DEFAULTS", "ToyKID", "toy_kid"]
+__all__ = ["TOY_DEFAULTS", "TOY_LSOA", "ToyKID", "toy_kid", "toy_programme_kid"]
 
 #: Values taken by columns a toy row leaves out: one practice and LSOA, registered since 2000.
 TOY_DEFAULTS: dict[str, object] = {
@@ -40,6 +40,17 @@ TOY_DEFAULTS: dict[str, object] = {
     "lsoa_code": "E01000001",
     "registration_start": dt.date(2000, 1, 1),
     "extract_month": "2024-01",
+}
+
+#: The LSOA of :data:`TOY_DEFAULTS` (IMD quintile 2).
+TOY_LSOA: dict[str, object] = {
+    "lsoa_code": "E01000001",
+    "district": "Dover",
+    "imd_score": 40.0,
+    "imd_decile": 3,
+    "imd_quintile": 2,
+    "latitude": 51.1,
+    "longitude": 1.3,
 }
 
 Rows = Sequence[Mapping[str, Any]] | pd.DataFrame
@@ -153,3 +164,62 @@ def toy_kid(
     148.0
     """
     return ToyKID(rows, defaults=defaults)
+
+
+def toy_programme_kid() -> ToyKID:
+    """Twelve people aged 70-79 in one LSOA, three enrolled in the integrated frailty team.
+
+    Women and men alternate (``p0`` is a woman born in January 1954); ``p0``, ``p1`` and ``p2``
+    enrol on 1 March 2024 and ``p0`` has an emergency admission on 2 May 2024 (cost GBP 3,000).
+    For the examples of :mod:`kidresearch.cohorts`.
+
+    Returns
+    -------
+    ToyKID
+
+    Examples
+    --------
+    >>> kid = toy_programme_kid()
+    >>> kid.table("programme_enrolments").count().execute()
+    3
+    """
+    admitted = dt.date(2024, 5, 2)
+    return toy_kid(
+        {
+            "persons": [
+                {"person_id": f"p{i}", "birth_year": 1954 - i % 10, "sex": "FM"[i % 2]}
+                for i in range(12)
+            ],
+            "lsoas": [TOY_LSOA],
+            "programme_enrolments": [
+                {
+                    "person_id": f"p{i}",
+                    "programme": "integrated_frailty_team",
+                    "enrolment_date": dt.date(2024, 3, 1),
+                    "provider": "KCHFT",
+                }
+                for i in range(3)
+            ],
+            "inpatient_spells": [
+                {
+                    "person_id": "p0",
+                    "provider_code": "RVV",
+                    "admission_date": admitted,
+                    "discharge_date": admitted + dt.timedelta(days=2),
+                    "admission_method": "21",
+                    "primary_diagnosis_icd10": "I21",
+                    "los_days": 2,
+                    "is_emergency": True,
+                    "is_elective": False,
+                }
+            ],
+            "costs": [
+                {
+                    "person_id": "p0",
+                    "activity_date": admitted,
+                    "service_line": "acute_emergency",
+                    "cost_gbp": 3000.0,
+                }
+            ],
+        }
+    )

@@ -694,11 +694,29 @@ class Balance:
     threshold: float = SMD_THRESHOLD
 
     def to_frame(self) -> pd.DataFrame:
-        """A tidy copy of the balance table."""
+        """A tidy copy of the balance table.
+
+        Examples
+        --------
+        >>> from kidresearch.data import load
+        >>> lalonde = load("lalonde")  # MatchIt's example data
+        >>> bal = match(lalonde, "treat", ["age", "educ"]).balance()
+        >>> bal.to_frame().index.tolist()
+        ['distance', 'age', 'educ']
+        """
         return self.table.copy()
 
     def summary(self) -> pd.DataFrame:
-        """SMD, variance ratio and eCDF max before and after, and whether |SMD after| < 0.1."""
+        """SMD, variance ratio and eCDF max before and after, and whether |SMD after| < 0.1.
+
+        Examples
+        --------
+        >>> from kidresearch.data import load
+        >>> lalonde = load("lalonde")  # MatchIt's example data
+        >>> bal = match(lalonde, "treat", ["age", "educ", "re74", "re75"]).balance()
+        >>> bal.summary().columns.tolist()
+        ['type', 'smd_before', 'smd_after', 'var_ratio_after', 'ecdf_max_after', 'balanced']
+        """
         cols = ["type", "smd_before", "smd_after", "var_ratio_after", "ecdf_max_after"]
         small = self.table[cols].copy()
         small["balanced"] = small["smd_after"].abs() < self.threshold
@@ -711,7 +729,25 @@ class Balance:
         return float(rows["smd_after"].abs().max())
 
     def plot(self, ax: Axes | None = None) -> Axes:
-        """Love plot: |SMD| of each covariate before and after matching, threshold at 0.1."""
+        """Love plot: |SMD| of each covariate before and after matching, threshold at 0.1.
+
+        Parameters
+        ----------
+        ax
+            Axes to draw on; a new figure when None.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+
+        Examples
+        --------
+        >>> from kidresearch.data import load
+        >>> lalonde = load("lalonde")  # MatchIt's example data
+        >>> ax = match(lalonde, "treat", ["age", "educ"]).balance().plot()
+        >>> ax.get_xlabel()
+        'Absolute standardised mean difference (raw difference for binary)'
+        """
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -769,17 +805,52 @@ class MatchedEffect:
     level: float = 0.95
 
     def to_frame(self) -> pd.DataFrame:
-        """One-row tidy frame of the effect."""
+        """One-row tidy frame of the effect.
+
+        Examples
+        --------
+        >>> from kidresearch.data import load
+        >>> lalonde = load("lalonde")  # MatchIt's example data
+        >>> effect = match(lalonde, "treat", ["age", "educ", "re74", "re75"]).estimate("re78")
+        >>> effect.to_frame()[["outcome", "n_treated", "n_control"]].to_dict("records")
+        [{'outcome': 're78', 'n_treated': 185, 'n_control': 185}]
+        """
         return pd.DataFrame([self.__dict__])
 
     def summary(self) -> pd.DataFrame:
-        """Estimate, interval and p-value (a small table)."""
+        """Estimate, interval and p-value (a small table).
+
+        Examples
+        --------
+        >>> from kidresearch.data import load
+        >>> lalonde = load("lalonde")  # MatchIt's example data
+        >>> effect = match(lalonde, "treat", ["age", "educ", "re74", "re75"]).estimate("re78")
+        >>> effect.summary().columns.tolist()
+        ['outcome', 'scale', 'estimate', 'conf_low', 'conf_high', 'p_value', 'se_method']
+        """
         return self.to_frame()[
             ["outcome", "scale", "estimate", "conf_low", "conf_high", "p_value", "se_method"]
         ]
 
     def covers(self, value: float) -> bool:
-        """Whether ``value`` lies within the confidence interval."""
+        """Whether ``value`` lies within the confidence interval (e.g. a known true effect).
+
+        Parameters
+        ----------
+        value
+            On the scale of ``estimate`` (a difference, or a rate or hazard ratio).
+
+        Returns
+        -------
+        bool
+
+        Examples
+        --------
+        >>> effect = MatchedEffect("y", "difference", "difference in means", 1.0, 0.5, 0.02,
+        ...                        1.98, 0.045, 100, 100, 100, "cluster-robust (pairs)")
+        >>> effect.covers(0.0), effect.covers(1.5)
+        (False, True)
+        """
         return bool(self.conf_low <= value <= self.conf_high)
 
     def _repr_html_(self) -> str:
@@ -834,7 +905,16 @@ class MatchResult:
 
     @cached_property
     def matched(self) -> pd.DataFrame:
-        """Matched rows with ``weights``, ``subclass`` and ``distance`` (MatchIt ``match_data``)."""
+        """Matched rows with ``weights``, ``subclass`` and ``distance`` (MatchIt ``match_data``).
+
+        Examples
+        --------
+        >>> from kidresearch.data import load
+        >>> lalonde = load("lalonde")  # MatchIt's example data
+        >>> result = match(lalonde, "treat", ["age", "educ", "re74", "re75"])
+        >>> result.matched.treat.value_counts().sort_index().tolist()
+        [185, 185]
+        """
         keep = self.weights > 0
         out = self.data.loc[keep].copy()
         out["weights"] = self.weights[keep]
@@ -844,7 +924,16 @@ class MatchResult:
         return out
 
     def to_frame(self) -> pd.DataFrame:
-        """A copy of the matched rows with ``weights``, ``subclass`` and ``distance``."""
+        """A copy of the matched rows with ``weights``, ``subclass`` and ``distance``.
+
+        Examples
+        --------
+        >>> from kidresearch.data import load
+        >>> lalonde = load("lalonde")  # MatchIt's example data
+        >>> frame = match(lalonde, "treat", ["age", "educ"]).to_frame()
+        >>> frame[["weights", "subclass", "distance"]].notna().all().all()
+        np.True_
+        """
         return self.matched.copy()
 
     def summary(self) -> pd.DataFrame:
@@ -852,6 +941,14 @@ class MatchResult:
 
         ``matched_ess`` is Kish's effective sample size of the matched weights,
         (sum w)^2 / sum w^2, as MatchIt's "Matched (ESS)".
+
+        Examples
+        --------
+        >>> from kidresearch.data import load
+        >>> lalonde = load("lalonde")  # MatchIt's example data
+        >>> sizes = match(lalonde, "treat", ["age", "educ", "re74", "re75"]).summary()
+        >>> sizes.loc[["all", "matched", "unmatched"]].to_dict("index")
+        {'all': {'control': 429.0, 'treated': 185.0}, 'matched': {'control': 185.0, 'treated': 185.0}, 'unmatched': {'control': 244.0, 'treated': 0.0}}
         """
         t = self._treat
         rows = {}
@@ -876,6 +973,23 @@ class MatchResult:
         binary
             ``"raw"`` (cobalt's default): binary covariates get the raw difference in
             proportions; ``"std"`` (MatchIt ``summary()``): standardised like the others.
+
+        Returns
+        -------
+        Balance
+
+        Raises
+        ------
+        MatchingError
+            ``binary`` is neither ``"raw"`` nor ``"std"``.
+
+        Examples
+        --------
+        >>> from kidresearch.data import load
+        >>> lalonde = load("lalonde")  # MatchIt's example data
+        >>> result = match(lalonde, "treat", ["age", "educ", "married"])
+        >>> result.balance().table.loc["married", "type"]
+        'binary'
         """
         if binary not in ("raw", "std"):
             raise MatchingError(f"binary must be 'raw' or 'std'; got {binary!r}.")
@@ -886,7 +1000,27 @@ class MatchResult:
         return Balance(table=table, estimand=self.estimand, binary=binary)
 
     def love_plot(self, ax: Axes | None = None, *, binary: Literal["raw", "std"] = "raw") -> Axes:
-        """Love plot of |SMD| before and after matching; returns the Axes."""
+        """Love plot of |SMD| before and after matching; returns the Axes.
+
+        Parameters
+        ----------
+        ax
+            Axes to draw on; a new figure when None.
+        binary
+            As :meth:`balance`.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+
+        Examples
+        --------
+        >>> from kidresearch.data import load
+        >>> lalonde = load("lalonde")  # MatchIt's example data
+        >>> ax = match(lalonde, "treat", ["age", "educ"]).love_plot()
+        >>> [t.get_text() for t in ax.get_yticklabels()]
+        ['educ', 'age', 'distance']
+        """
         return self.balance(binary=binary).plot(ax=ax)
 
     plot = love_plot
@@ -1380,7 +1514,7 @@ class CohortStudy:
     study end, whichever is first). ``match(study, ...)`` and :meth:`match` accept it directly.
     """
 
-    data: pd.DataFrame
+    data: pd.DataFrame = field(repr=False)
     treatment: str
     covariates: tuple[str, ...]
     outcomes: tuple[str, ...]
@@ -1393,12 +1527,38 @@ class CohortStudy:
 
         Exact matching on ``index_month`` gives every matched control an index date in the
         same calendar month as its treated person's enrolment; pass ``exact=[]`` to drop it.
+
+        Parameters
+        ----------
+        **options
+            Options of :func:`match` (``method``, ``ratio``, ``caliper``, ``exact``, ...).
+
+        Returns
+        -------
+        MatchResult
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_programme_kid
+        >>> study = cohort_study(toy_programme_kid(), outcomes=["emergency_admissions"])
+        >>> study.match().summary().loc["matched"].tolist()
+        [3.0, 3.0]
         """
         options.setdefault("exact", ["index_month"])
         return match(self, **options)
 
     def summary(self) -> pd.DataFrame:
-        """People per group and mean of each covariate and outcome (before matching)."""
+        """People per group and mean of each covariate and outcome (before matching).
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_programme_kid
+        >>> study = cohort_study(toy_programme_kid(), outcomes=["emergency_admissions"])
+        >>> study.summary().loc[["emergency_admissions", "people"]].round(2)
+                              control  treated
+        emergency_admissions      0.0     0.33
+        people                    9.0     3.00
+        """
         cols = list(self.covariates) + list(self.outcomes)
         table = self.data.groupby(self.treatment)[cols].mean().T
         table.columns = ["control" if c == 0 else "treated" for c in table.columns]
@@ -1407,7 +1567,17 @@ class CohortStudy:
         return table
 
     def to_frame(self) -> pd.DataFrame:
-        """A copy of the cohort data."""
+        """A copy of the cohort data.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_programme_kid
+        >>> study = cohort_study(toy_programme_kid(), outcomes=["emergency_admissions"])
+        >>> study.to_frame()[["person_id", "treated", "index_date"]].head(2)
+          person_id  treated index_date
+        0        p0        1 2024-03-01
+        1        p1        1 2024-03-01
+        """
         return self.data.copy()
 
 
@@ -1492,6 +1662,18 @@ def cohort_study(
     enrolled later can be controls at a drawn date before their enrolment, followed up only until
     they enrol (``follow_up_days`` is then shorter: use ``estimate(..., time="follow_up_days")``
     for a rate ratio).
+
+    Examples
+    --------
+    >>> from kidresearch._examples import toy_programme_kid
+    >>> study = cohort_study(toy_programme_kid(), outcomes=["emergency_admissions", "cost_gbp"])
+    >>> study
+    CohortStudy(treatment='treated', covariates=('age', 'female'), outcomes=('emergency_admissions', 'cost_gbp'), programme='integrated_frailty_team', lookback_months=36, follow_up_months=12)
+    >>> study.data.groupby("treated")[["emergency_admissions", "cost_gbp"]].sum()
+             emergency_admissions  cost_gbp
+    treated
+    0                           0       0.0
+    1                           1    3000.0
     """
     import ibis
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kidresearch.errors import DisclosureError, KidError
+from kidresearch.errors import DisclosureError, KidError, MatchingError
 
 STATUS_SUFFIX = "_status"
 #: Significant figures of released non-count numbers: enough for any estimate, and few enough
@@ -384,21 +384,21 @@ def naive_vs_matched(
 
     Raises
     ------
-    KidError
+    MatchingError
         An outcome is not a column of the study, or a group is empty.
     """
     data = study.data
     names = list(outcomes if outcomes is not None else study.outcomes)
     missing = [o for o in names if o not in data.columns]
     if missing:
-        raise KidError(
+        raise MatchingError(
             f"naive_vs_matched(): outcome(s) {missing} are not columns of the cohort "
             f"(outcomes: {list(study.outcomes)})"
         )
     is_treated = data[study.treatment].to_numpy() == 1
     n1, n0 = int(is_treated.sum()), int((~is_treated).sum())
     if n1 < 2 or n0 < 2:
-        raise KidError(
+        raise MatchingError(
             f"naive_vs_matched(): need at least 2 treated and 2 control people, got {n1} and {n0}"
         )
     y = data[names].astype("float64")
@@ -427,6 +427,87 @@ def naive_vs_matched(
             }
         )
     return pd.DataFrame(rows)
+
+
+def _interval_text(estimate: float, lower: float, upper: float, digits: int) -> str:
+    values = np.array([estimate, lower, upper], dtype=float)
+    if np.isnan(values).any():
+        return "suppressed"
+    scale = float(np.abs(values).max())
+    if scale >= 10 ** (digits - 1):
+        decimals = 0
+    else:
+        magnitude = int(np.floor(np.log10(scale))) if scale > 0 else 0
+        decimals = max(0, digits - 1 - magnitude)
+    text = [f"{v:,.{decimals}f}" for v in values]
+    return f"{text[0]} ({text[1]} to {text[2]})"
+
+
+def effect_intervals(effects: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
+    """Naive and matched differences with their 95% intervals as text, one row per outcome.
+
+    For reading a :func:`naive_vs_matched` table (or its released copy) at a glance: each
+    difference is shown as ``estimate (lower to upper)``, so how wide the interval is, and
+    whether it covers 0 or a known truth, is seen beside the estimate.
+
+    Parameters
+    ----------
+    effects : pandas.DataFrame
+        Columns ``outcome``, ``naive_difference``, ``naive_lower``, ``naive_upper``,
+        ``matched_difference``, ``matched_lower``, ``matched_upper``, and optionally
+        ``matched_p_value``, ``treated``, ``matched_controls``.
+    digits : int, default 3
+        Significant figures of the largest of the three numbers of an interval (whole numbers
+        when it has more digits than this, e.g. costs in pounds).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``outcome``: ``naive difference (95% CI)``, ``matched difference (95% CI)``
+        and the optional columns present. An interval with a blanked (suppressed) number reads
+        ``suppressed``.
+
+    Raises
+    ------
+    MatchingError
+        A required column is missing.
+
+    Examples
+    --------
+    >>> effects = pd.DataFrame({
+    ...     "outcome": ["emergency_admissions", "cost_gbp"],
+    ...     "naive_difference": [0.19, 8042.5], "naive_lower": [0.062, 4950.4],
+    ...     "naive_upper": [0.318, 11134.6], "matched_difference": [-0.087, 3713.9],
+    ...     "matched_lower": [-0.288, -131.7], "matched_upper": [0.114, 7559.5]})
+    >>> effect_intervals(effects)["matched difference (95% CI)"].tolist()
+    ['-0.087 (-0.288 to 0.114)', '3,714 (-132 to 7,560)']
+    """
+    needed = ["outcome"] + [
+        f"{kind}_{part}"
+        for kind in ("naive", "matched")
+        for part in ("difference", "lower", "upper")
+    ]
+    missing = [c for c in needed if c not in effects.columns]
+    if missing:
+        raise MatchingError(
+            f"effect_intervals(): columns {missing} are missing; expected a naive_vs_matched() "
+            f"table (columns: {list(effects.columns)})"
+        )
+    out = pd.DataFrame(index=pd.Index(effects["outcome"].astype(str), name="outcome"))
+    for kind in ("naive", "matched"):
+        out[f"{kind} difference (95% CI)"] = [
+            _interval_text(e, lo, hi, digits)
+            for e, lo, hi in zip(
+                effects[f"{kind}_difference"],
+                effects[f"{kind}_lower"],
+                effects[f"{kind}_upper"],
+                strict=True,
+            )
+        ]
+    for column in ("matched_p_value", "treated", "matched_controls"):
+        if column in effects.columns:
+            out[column] = effects[column].to_numpy()
+    return out
 
 
 def checked_counts(
