@@ -24,12 +24,21 @@ from typing import Any
 
 import ibis
 import ibis.expr.types as ir
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from kidresearch.schema import RESEARCH_TABLES
 
-__all__ = ["TOY_DEFAULTS", "TOY_LSOA", "ToyKID", "toy_kid", "toy_programme_kid"]
+__all__ = [
+    "TOY_DEFAULTS",
+    "TOY_LSOA",
+    "ToyKID",
+    "toy_kid",
+    "toy_panel_kid",
+    "toy_person_costs",
+    "toy_programme_kid",
+]
 
 #: Values taken by columns a toy row leaves out: one practice and LSOA, registered since 2000.
 TOY_DEFAULTS: dict[str, object] = {
@@ -220,6 +229,98 @@ def toy_programme_kid() -> ToyKID:
                     "service_line": "acute_emergency",
                     "cost_gbp": 3000.0,
                 }
+            ],
+        }
+    )
+
+
+def toy_person_costs(people: int = 200, *, seed: int = 1) -> Any:
+    """A :class:`kidresearch.costs.PersonCosts` of simulated people, for the costs examples.
+
+    Ages 50-89, two practices in two districts, IMD quintiles 1-5 in turn, eFI deficit counts
+    0-14; GP costs for everyone and emergency admission costs for about one person in five,
+    higher in more deprived quintiles. Costs for April 2024 to March 2025.
+
+    Parameters
+    ----------
+    people
+        How many people.
+    seed
+        Seed of the simulation.
+
+    Returns
+    -------
+    kidresearch.costs.PersonCosts
+
+    Examples
+    --------
+    >>> pc = toy_person_costs()
+    >>> len(pc.frame), pc.start, pc.end
+    (200, datetime.date(2024, 4, 1), datetime.date(2025, 3, 31))
+    """
+    from kidresearch.costs import SERVICE_LINES, PersonCosts
+
+    rng = np.random.default_rng(seed)
+    quintile = np.arange(people) % 5 + 1
+    practice = np.where(np.arange(people) % 2 == 0, "G80001", "G80002")
+    frame = pd.DataFrame(
+        {
+            "person_id": [f"p{i}" for i in range(people)],
+            "sex": np.where(np.arange(people) % 3 == 0, "M", "F"),
+            "age": rng.integers(50, 90, people),
+            "practice_code": practice,
+            "lsoa_code": [f"E0100000{q}" for q in quintile],
+            "district": np.where(practice == "G80001", "Dover", "Thanet"),
+            "imd_decile": 2 * quintile,
+            "imd_quintile": quintile,
+            "deficit_count": rng.integers(0, 15, people),
+            "segment": "healthy",
+        }
+    )
+    for line in SERVICE_LINES:
+        frame[line] = 0.0
+    frame["gp"] = rng.gamma(2.0, 60.0, people).round(2)
+    admitted = rng.random(people) < 0.2
+    frame["acute_emergency"] = np.where(
+        admitted, rng.gamma(2.0, 1500.0 * (1 + 0.1 * (5 - quintile))), 0.0
+    ).round(2)
+    frame["cost_gbp"] = frame[list(SERVICE_LINES)].sum(axis=1)
+    return PersonCosts(start=dt.date(2024, 4, 1), end=dt.date(2025, 3, 31), frame=frame)
+
+
+def toy_panel_kid() -> ToyKID:
+    """Forty people in four practices with GP costs in 2022-2024 rising by GBP 10 a year.
+
+    Person ``p<i>`` (born 1940 + i, practice ``G8000<i mod 4>``) costs 100 + 10 x (year -
+    2022) + 5 x (i mod 4) + i pounds each year, so every practice's mean cost per person rises
+    by exactly GBP 10 a year. For the examples of :func:`kidresearch.costs.panel`.
+
+    Returns
+    -------
+    ToyKID
+
+    Examples
+    --------
+    >>> kid = toy_panel_kid()
+    >>> kid.table("costs").count().execute()
+    120
+    """
+    years = (2022, 2023, 2024)
+    return toy_kid(
+        {
+            "persons": [
+                {"person_id": f"p{i}", "birth_year": 1940 + i, "practice_code": f"G8000{i % 4}"}
+                for i in range(40)
+            ],
+            "costs": [
+                {
+                    "person_id": f"p{i}",
+                    "activity_date": dt.date(year, 6, 1),
+                    "service_line": "gp",
+                    "cost_gbp": 100.0 + 10 * (year - 2022) + 5 * (i % 4) + i,
+                }
+                for i in range(40)
+                for year in years
             ],
         }
     )

@@ -56,7 +56,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import ibis
 import ibis.expr.types as ir
@@ -67,6 +67,12 @@ from kidresearch._persons import people_on
 from kidresearch.errors import CostError, DroppedRowsWarning
 from kidresearch.frailty import DateLike, KIDLike, as_date
 from kidresearch.schema import RESEARCH_TABLES
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from numpy.typing import ArrayLike
+
+    from kidresearch.sdc.tables import CheckedTable
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +125,7 @@ Model = Literal["gamma", "two_part"]
 # ------------------------------------------------------------------------------------------
 # Distribution summaries
 # ------------------------------------------------------------------------------------------
-def _costs_array(costs: Any, name: str = "costs") -> np.ndarray:
+def _costs_array(costs: ArrayLike, name: str = "costs") -> np.ndarray:
     arr = np.asarray(costs, dtype=float).ravel()
     if arr.size == 0:
         raise CostError(f"The '{name}' parameter must hold at least one cost. Got none.")
@@ -133,11 +139,21 @@ def _costs_array(costs: Any, name: str = "costs") -> np.ndarray:
     return arr
 
 
-def gini(costs: Any) -> float:
+def gini(costs: ArrayLike) -> float:
     """Gini coefficient of costs (0 = everyone costs the same, 1 = one person costs all).
 
     ``G = 2 * sum(i * x_(i)) / (n * sum(x)) - (n + 1) / n`` over costs sorted ascending
     (i = 1..n), the usual sample Gini without small-sample correction.
+
+    Parameters
+    ----------
+    costs
+        Person costs (non-negative, finite; zeros included).
+
+    Returns
+    -------
+    float
+        NaN when every cost is 0.
 
     Raises
     ------
@@ -160,9 +176,26 @@ def gini(costs: Any) -> float:
     return float(2 * (i * x).sum() / (n * total) - (n + 1) / n)
 
 
-def top_share(costs: Any, share: float) -> float:
+def top_share(costs: ArrayLike, share: float) -> float:
     """Share of total cost in the costliest ``share`` of people (``round(share * n)``, at
     least one person; the same count rule as the generator's truth).
+
+    Parameters
+    ----------
+    costs
+        Person costs (non-negative, finite; zeros included).
+    share
+        The costliest fraction of people, in (0, 1] (0.01 for the top 1%).
+
+    Returns
+    -------
+    float
+        NaN when every cost is 0.
+
+    Raises
+    ------
+    CostError
+        ``share`` outside (0, 1], or bad costs.
 
     Examples
     --------
@@ -180,7 +213,7 @@ def top_share(costs: Any, share: float) -> float:
     return float(top.sum() / total)
 
 
-def lorenz_curve(costs: Any, *, points: int | None = 1001) -> pd.DataFrame:
+def lorenz_curve(costs: ArrayLike, *, points: int | None = 1001) -> pd.DataFrame:
     """Lorenz curve: cumulative share of people (costliest last) against share of cost.
 
     Parameters
@@ -238,8 +271,24 @@ class CostDistribution:
     lorenz: pd.DataFrame = field(repr=False)
 
     @classmethod
-    def from_costs(cls, costs: Any) -> CostDistribution:
-        """Summarise an array of person costs."""
+    def from_costs(cls, costs: ArrayLike) -> CostDistribution:
+        """Summarise an array of person costs.
+
+        Parameters
+        ----------
+        costs
+            Person costs (non-negative, finite; zeros included).
+
+        Returns
+        -------
+        CostDistribution
+
+        Examples
+        --------
+        >>> d = CostDistribution.from_costs([0, 0, 100, 300])
+        >>> d.people, d.mean_cost_gbp, d.share_with_no_cost, round(d.gini, 3)
+        (4, 100.0, 0.5, 0.625)
+        """
         x = _costs_array(costs)
         return cls(
             people=len(x),
@@ -252,7 +301,13 @@ class CostDistribution:
         )
 
     def summary(self) -> pd.DataFrame:
-        """One row per statistic (aggregates over the whole population)."""
+        """One row per statistic (aggregates over the whole population).
+
+        Examples
+        --------
+        >>> CostDistribution.from_costs([0, 0, 100, 300]).summary().statistic.tolist()[:4]
+        ['people', 'mean_cost_gbp', 'share_with_no_cost', 'gini']
+        """
         rows = [
             ("people", float(self.people)),
             ("mean_cost_gbp", self.mean_cost_gbp),
@@ -263,11 +318,32 @@ class CostDistribution:
         return pd.DataFrame(rows, columns=["statistic", "value"])
 
     def to_frame(self) -> pd.DataFrame:
-        """A copy of the Lorenz curve."""
+        """A copy of the Lorenz curve.
+
+        Examples
+        --------
+        >>> CostDistribution.from_costs([0, 0, 100, 300]).to_frame().cost_share.tolist()
+        [0.0, 0.0, 0.0, 0.25, 1.0]
+        """
         return self.lorenz.copy()
 
-    def plot(self, ax: Any = None) -> Any:
-        """Draw the Lorenz curve with the line of equality; returns the Axes."""
+    def plot(self, ax: Axes | None = None) -> Axes:
+        """Draw the Lorenz curve with the line of equality; returns the Axes.
+
+        Parameters
+        ----------
+        ax
+            Axes to draw on; a new figure when None.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+
+        Examples
+        --------
+        >>> CostDistribution.from_costs([0, 0, 100, 300]).plot().get_title()
+        'Lorenz curve (Gini 0.625)'
+        """
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -299,6 +375,27 @@ def person_costs_query(kid: KIDLike, start: dt.date, end: dt.date) -> ir.Table:
 
     One row per person alive and registered on ``start``; a column per service line (0 when
     no activity) and ``cost_gbp`` (their sum), with the segmentation's person attributes.
+
+    Parameters
+    ----------
+    kid
+        A KID session, as for :func:`person_costs`.
+    start, end
+        First and last day of the costing window (inclusive).
+
+    Returns
+    -------
+    ibis.expr.types.Table
+
+    Examples
+    --------
+    >>> from kidresearch._examples import toy_kid
+    >>> kid = toy_kid({"persons": [{"person_id": "a"}],
+    ...                "costs": [{"person_id": "a", "activity_date": dt.date(2024, 5, 1),
+    ...                           "service_line": "gp", "cost_gbp": 42.0}]})
+    >>> expr = person_costs_query(kid, dt.date(2024, 4, 1), dt.date(2025, 3, 31))
+    >>> expr.select("person_id", "gp", "cost_gbp").to_pandas().to_dict("records")
+    [{'person_id': 'a', 'gp': 42.0, 'cost_gbp': 42.0}]
     """
     from kidresearch.segments import PERSON_COLUMNS, segments_query
 
@@ -374,11 +471,41 @@ class PersonCosts:
     excluded: dict[str, float] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
-        """A copy of the person-level frame."""
+        """A copy of the person-level frame.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> pc = toy_person_costs()
+        >>> pc.to_frame().shape
+        (200, 22)
+        """
         return self.frame.copy()
 
     def distribution(self, *, service_line: str | None = None) -> CostDistribution:
-        """Lorenz curve, Gini and top 1/5/10% shares of total (or one service line's) cost."""
+        """Lorenz curve, Gini and top 1/5/10% shares of total (or one service line's) cost.
+
+        Parameters
+        ----------
+        service_line
+            One of :data:`SERVICE_LINES`; None for the total cost.
+
+        Returns
+        -------
+        CostDistribution
+
+        Raises
+        ------
+        CostError
+            Unknown ``service_line``.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> pc = toy_person_costs()
+        >>> round(pc.distribution().gini, 3), pc.distribution(service_line="gp").people
+        (0.773, 200)
+        """
         col = "cost_gbp"
         if service_line is not None:
             if service_line not in SERVICE_LINES:
@@ -389,7 +516,7 @@ class PersonCosts:
             col = service_line
         return CostDistribution.from_costs(self.frame[col].to_numpy())
 
-    def table(self, by: str | Sequence[str], *, aggfunc: str = "mean") -> Any:
+    def table(self, by: str | Sequence[str], *, aggfunc: str = "mean") -> CheckedTable:
         """Mean (or total) cost per person by unit, released through :mod:`kidresearch.sdc`.
 
         Parameters
@@ -405,6 +532,18 @@ class PersonCosts:
         kidresearch.sdc.CheckedTable
             Threshold and dominance (p%, n-k) rules are applied to the person-level
             contributions behind each cell.
+
+        Raises
+        ------
+        CostError
+            Unknown ``by`` or ``aggfunc``, or people without the ``by`` column's value.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> pc = toy_person_costs()
+        >>> pc.table("practice").released.round(2).to_dict()
+        {'G80001': 733.87, 'G80002': 620.7, 'Total': 677.29}
         """
         from kidresearch import sdc
 
@@ -434,6 +573,13 @@ class PersonCosts:
         """People with any cost, total and mean cost per person, and share of cost, by line.
 
         Not disclosure-checked (county-wide totals); use :meth:`summary` to release.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> pc = toy_person_costs()
+        >>> pc.by_service_line().set_index("service_line").loc[["gp", "ae"], "users"].tolist()
+        [200, 0]
         """
         f = self.frame
         total = float(f.cost_gbp.sum())
@@ -447,10 +593,18 @@ class PersonCosts:
         out["share_of_cost"] = out.cost_gbp / total if total else np.nan
         return out
 
-    def summary(self) -> Any:
+    def summary(self) -> CheckedTable:
         """Total cost and users by service line, released through
         :func:`kidresearch.sdc.check_table` (each user's cost in the line is a contribution for
-        the dominance rules). Mean cost per person is total / everyone in :attr:`frame`."""
+        the dominance rules). Mean cost per person is total / everyone in :attr:`frame`.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> pc = toy_person_costs()
+        >>> pc.summary().released.loc[["gp", "ae"]].tolist()  # no A&E users: suppressed
+        [23890.54, nan]
+        """
         from kidresearch import sdc
 
         f = self.frame
@@ -471,6 +625,23 @@ class PersonCosts:
 
         The last column ``ratio_to_q5`` divides by the least deprived fifth (quintile 5);
         Jayatunga et al. (2019) found 1.35 in Kent among the over-55s.
+
+        Parameters
+        ----------
+        min_age
+            Youngest age included (55, as Jayatunga et al.).
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``imd_quintile, people, mean_cost_gbp, ratio_to_q5`` (not disclosure-checked).
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> pc = toy_person_costs()
+        >>> pc.gradient().columns.tolist()
+        ['imd_quintile', 'people', 'mean_cost_gbp', 'ratio_to_q5']
         """
         f = self.frame[self.frame.age >= min_age]
         g = f.groupby("imd_quintile", observed=True).cost_gbp.agg(["size", "mean"])
@@ -479,8 +650,25 @@ class PersonCosts:
         g["ratio_to_q5"] = g.mean_cost_gbp / (float(q5.iloc[0]) if len(q5) else np.nan)
         return g
 
-    def plot(self, ax: Any = None) -> Any:
-        """Lorenz curve of total cost (:meth:`CostDistribution.plot`)."""
+    def plot(self, ax: Axes | None = None) -> Axes:
+        """Lorenz curve of total cost (:meth:`CostDistribution.plot`).
+
+        Parameters
+        ----------
+        ax
+            Axes to draw on; a new figure when None.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> pc = toy_person_costs()
+        >>> pc.plot().get_title()
+        'Lorenz curve (Gini 0.773)'
+        """
         return self.distribution().plot(ax=ax)
 
     def _repr_html_(self) -> str:
@@ -744,11 +932,26 @@ class CostMap:
         """The ladder: what each step explains, how ranks move and the deprivation gradient.
 
         Aggregates over all units and people (no unit-level figures), so it can be released.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> cm = map(data=toy_person_costs(), by="practice", ladder=["age_sex"])
+        >>> cm.summary().step.tolist()
+        ['crude', 'age_sex']
         """
         return self.ladder.copy()
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy copy: one row per unit and step with ``expected_gbp``, ``ratio``, ``rank``."""
+        """Tidy copy: one row per unit and step with ``expected_gbp``, ``ratio``, ``rank``.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> cm = map(data=toy_person_costs(), by="practice", ladder=["age_sex"])
+        >>> cm.to_frame()[["unit", "step", "rank"]].head(2).to_dict("records")
+        [{'unit': 'G80001', 'step': 'crude', 'rank': 1}, {'unit': 'G80002', 'step': 'crude', 'rank': 2}]
+        """
         parts = []
         for step in self.steps:
             part = self.units[["unit", "people", "observed_gbp"]].copy()
@@ -762,7 +965,25 @@ class CostMap:
         return out
 
     def movers(self, n: int = 10) -> pd.DataFrame:
-        """The ``n`` units whose rank moved most between the crude and the final step."""
+        """The ``n`` units whose rank moved most between the crude and the final step.
+
+        Parameters
+        ----------
+        n
+            How many units.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``unit, people``, the first and last step's rank and ratio, ``rank_change``.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> cm = map(data=toy_person_costs(), by="practice", ladder=["age_sex"])
+        >>> cm.movers(1).rank_change.tolist()
+        [0.0]
+        """
         cols = ["unit", "people", f"rank_{self.steps[0]}", f"rank_{self.steps[-1]}"]
         cols += ["rank_change", f"ratio_{self.steps[0]}", f"ratio_{self.steps[-1]}"]
         order = self.units.rank_change.abs().sort_values(ascending=False, kind="stable").index
@@ -770,7 +991,15 @@ class CostMap:
 
     def released_units(self) -> pd.DataFrame:
         """The units table with units failing disclosure control (threshold or dominance on
-        their observed cost, via :func:`kidresearch.sdc.check_table`) blanked."""
+        their observed cost, via :func:`kidresearch.sdc.check_table`) blanked.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> cm = map(data=toy_person_costs(), by="practice", ladder=["age_sex"])
+        >>> cm.released_units().people.tolist()
+        [100.0, 100.0]
+        """
         from kidresearch import sdc
 
         contributions = self.contributions
@@ -791,9 +1020,33 @@ class CostMap:
         out.loc[~ok, value_cols] = np.nan
         return out
 
-    def plot(self, ax: Any = None, *, kind: str = "ratios") -> Any:
+    def plot(self, ax: Axes | None = None, *, kind: str = "ratios") -> Axes:
         """``kind="ratios"``: each unit's O/E across the steps (one line per unit);
-        ``kind="ranks"``: crude rank against final rank. Returns the Axes."""
+        ``kind="ranks"``: crude rank against final rank. Returns the Axes.
+
+        Parameters
+        ----------
+        ax
+            Axes to draw on; a new figure when None.
+        kind
+            ``"ratios"`` or ``"ranks"``.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+
+        Raises
+        ------
+        CostError
+            Unknown ``kind``.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> cm = map(data=toy_person_costs(), by="practice", ladder=["age_sex"])
+        >>> cm.plot(kind="ranks").get_xlabel()
+        'rank at crude (1 = highest O/E)'
+        """
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -819,8 +1072,32 @@ class CostMap:
             raise CostError(f"The 'kind' parameter must be 'ratios' or 'ranks'. Got {kind!r}.")
         return ax
 
-    def map(self, ax: Any = None, *, step: str | None = None) -> Any:
-        """Units on their synthetic coordinates coloured by O/E at ``step`` (default: last)."""
+    def map(self, ax: Axes | None = None, *, step: str | None = None) -> Axes:
+        """Units on their synthetic coordinates coloured by O/E at ``step`` (default: last).
+
+        Parameters
+        ----------
+        ax
+            Axes to draw on; a new figure when None.
+        step
+            A step of :attr:`steps`; None for the last.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+
+        Raises
+        ------
+        CostError
+            Unknown ``step``.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_person_costs
+        >>> cm = map(data=toy_person_costs(), by="practice", ladder=["age_sex"])
+        >>> cm.map(step="crude").get_title()
+        'practice cost O/E after crude'
+        """
         import matplotlib.pyplot as plt
 
         step = step or self.steps[-1]
@@ -1156,17 +1433,42 @@ class PanelCosts:
     random_effects: Any = field(repr=False)
 
     def to_frame(self) -> pd.DataFrame:
-        """A copy of the practice-year frame."""
+        """A copy of the practice-year frame.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_panel_kid
+        >>> result = panel(toy_panel_kid(), years=[2022, 2023, 2024])
+        >>> result.to_frame().groupby("year").people.sum().tolist()
+        [40, 40, 40]
+        """
         return self.frame.copy()
 
     def year_means(self) -> pd.DataFrame:
-        """Mean cost per person by year over all practices (people-weighted)."""
+        """Mean cost per person by year over all practices (people-weighted).
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_panel_kid
+        >>> result = panel(toy_panel_kid(), years=[2022, 2023, 2024])
+        >>> result.year_means().mean_cost_gbp.tolist()
+        [127.0, 137.0, 147.0]
+        """
         g = self.frame.groupby("year")[["people", "cost_gbp"]].sum()
         g["mean_cost_gbp"] = g.cost_gbp / g.people
         return g.reset_index()
 
     def summary(self) -> pd.DataFrame:
-        """Coefficients of the three models with standard errors and 95% intervals."""
+        """Coefficients of the three models with standard errors and 95% intervals.
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_panel_kid
+        >>> result = panel(toy_panel_kid(), years=[2022, 2023, 2024])
+        >>> trend = result.summary().query("term == 'year_trend'")
+        >>> trend.estimate.round(6).tolist()  # the toy's costs rise by GBP 10 a year
+        [10.0, 10.0]
+        """
         rows = []
         for name, res in (
             ("PanelOLS (practice effects)", self.fixed_effects),
@@ -1188,8 +1490,25 @@ class PanelCosts:
                 )
         return pd.DataFrame(rows)
 
-    def plot(self, ax: Any = None) -> Any:
-        """Each practice's mean cost per person by year (thin lines) and the KID mean."""
+    def plot(self, ax: Axes | None = None) -> Axes:
+        """Each practice's mean cost per person by year (thin lines) and the KID mean.
+
+        Parameters
+        ----------
+        ax
+            Axes to draw on; a new figure when None.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+
+        Examples
+        --------
+        >>> from kidresearch._examples import toy_panel_kid
+        >>> result = panel(toy_panel_kid(), years=[2022, 2023, 2024])
+        >>> result.plot().get_title()
+        'Practice mean costs by year'
+        """
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -1236,6 +1555,16 @@ def panel(
     ------
     CostError
         ``by`` is not ``"practice"`` or fewer than two years.
+
+    Examples
+    --------
+    >>> from kidresearch._examples import toy_panel_kid
+    >>> result = panel(toy_panel_kid(), years=[2022, 2023, 2024])
+    >>> result.year_means()[["year", "people", "mean_cost_gbp"]]
+       year  people  mean_cost_gbp
+    0  2022      40          127.0
+    1  2023      40          137.0
+    2  2024      40          147.0
     """
     from linearmodels.panel import PanelOLS, RandomEffects
 
