@@ -109,6 +109,7 @@ class ToyKID:
         *,
         defaults: Mapping[str, object] | None = None,
     ) -> None:
+        """Hold ``rows`` for the tables; each table is made in DuckDB on first use."""
         rows = dict(rows or {})
         unknown = sorted(set(rows) - set(RESEARCH_TABLES))
         if unknown:
@@ -121,7 +122,27 @@ class ToyKID:
         self.con = ibis.duckdb.connect()
 
     def table(self, name: str) -> ir.Table:
-        """The research table ``name`` as an Ibis table (made on first use)."""
+        """The research table ``name`` as an Ibis table (made on first use).
+
+        Parameters
+        ----------
+        name
+            A table of :data:`kidresearch.schema.RESEARCH_TABLES`.
+
+        Returns
+        -------
+        ibis.expr.types.Table
+
+        Raises
+        ------
+        KeyError
+            ``name`` is not a research table.
+
+        Examples
+        --------
+        >>> toy_kid().table("persons").columns[:3]
+        ('person_id', 'household_id', 'sex')
+        """
         if name not in self.con.list_tables():
             if name not in RESEARCH_TABLES:
                 raise KeyError(
@@ -131,7 +152,22 @@ class ToyKID:
         return self.con.table(name)
 
     def to_pandas(self, expr: ir.Table | str) -> pd.DataFrame:
-        """Execute an expression (or read a table by name) into a DataFrame."""
+        """Execute an expression (or read a table by name) into a DataFrame.
+
+        Parameters
+        ----------
+        expr
+            An Ibis expression over this session's tables, or a table name.
+
+        Returns
+        -------
+        pandas.DataFrame
+
+        Examples
+        --------
+        >>> toy_kid({"persons": [{"person_id": "a"}]}).to_pandas("persons").person_id.tolist()
+        ['a']
+        """
         if isinstance(expr, str):
             expr = self.table(expr)
         return expr.to_pandas()

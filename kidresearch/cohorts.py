@@ -1063,6 +1063,20 @@ class MatchResult:
         ``se_method``. statsmodels' PHReg takes no case weights, so ``"cox"`` requires equal
         matching weights (1:1 or k:1 without replacement with complete matches) and raises
         otherwise.
+
+        Raises
+        ------
+        MatchingError
+            Unknown ``model``, a missing column or missing values, or unequal weights for Cox.
+
+        Examples
+        --------
+        >>> from kidresearch.data import load
+        >>> lalonde = load("lalonde")  # MatchIt's example data
+        >>> result = match(lalonde, "treat", ["age", "educ", "re74", "re75"])
+        >>> effect = result.estimate("re78")  # difference in mean 1978 earnings (USD)
+        >>> effect.n_treated, effect.n_clusters, effect.se_method
+        (185, 185, 'cluster-robust (pairs)')
         """
         import statsmodels.api as sm
         from scipy import stats

@@ -54,7 +54,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import ibis
 import ibis.expr.types as ir
@@ -63,6 +63,11 @@ import pandas as pd
 
 from kidresearch._persons import with_area
 from kidresearch.errors import SegmentError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from kidresearch.sdc.tables import CheckedTable
 from kidresearch.frailty import (
     CHRONIC_DEFICITS,
     POLYPHARMACY_MIN_DRUGS,
@@ -226,6 +231,34 @@ def segments_query(kid: KIDLike, at: dt.date, *, codes: pd.DataFrame | None = No
 
     Columns: ``person_id, sex, age, practice_code, lsoa_code, district, imd_decile,
     imd_quintile, deficit_count``, the rule flags ``is_<segment>`` and ``segment`` (string).
+
+    Parameters
+    ----------
+    kid
+        A KID session or anything with ``.table(name)`` returning research tables as Ibis.
+    at
+        Reference date; only records dated on or before it are used.
+    codes
+        Override of ``kidresearch/data/segment_codes.csv`` (see :func:`segment_codes`).
+
+    Returns
+    -------
+    ibis.expr.types.Table
+
+    Raises
+    ------
+    SegmentError
+        Malformed code list.
+
+    Examples
+    --------
+    >>> from kidresearch._examples import TOY_LSOA, toy_kid
+    >>> kid = toy_kid({"persons": [{"person_id": "baby", "birth_year": 2024}],
+    ...                "lsoas": [TOY_LSOA]})
+    >>> expr = segments_query(kid, dt.date(2024, 6, 30))
+    >>> expr.select("person_id", "age", "imd_quintile", "segment").to_pandas()
+      person_id  age  imd_quintile              segment
+    0      baby    0             2  maternal_and_infant
     """
     code_list = segment_codes(codes)
     lit = ibis.literal(at)
@@ -324,24 +357,69 @@ class Segmentation:
     frame: pd.DataFrame = field(repr=False)
 
     def to_frame(self) -> pd.DataFrame:
-        """A copy of the person-level frame."""
+        """A copy of the person-level frame.
+
+        Examples
+        --------
+        >>> frame = pd.DataFrame({"segment": ["healthy"] * 40 + ["frailty"] * 20})
+        >>> seg = Segmentation(at=dt.date(2024, 6, 30), frame=frame)
+        >>> seg.to_frame().shape
+        (60, 1)
+        """
         return self.frame.copy()
 
     def counts(self) -> pd.DataFrame:
-        """People and share in each segment (not disclosure-checked: see :meth:`summary`)."""
+        """People and share in each segment (not disclosure-checked: see :meth:`summary`).
+
+        Examples
+        --------
+        >>> frame = pd.DataFrame({"segment": ["healthy"] * 40 + ["frailty"] * 20})
+        >>> seg = Segmentation(at=dt.date(2024, 6, 30), frame=frame)
+        >>> seg.counts().set_index("segment").loc[["healthy", "frailty", "end_of_life"]]
+                     people     share
+        segment
+        healthy          40  0.666667
+        frailty          20  0.333333
+        end_of_life       0  0.000000
+        """
         n = self.frame.segment.value_counts().reindex(list(SEGMENTS), fill_value=0)
         out = pd.DataFrame({"segment": list(SEGMENTS), "people": n.to_numpy()})
         out["share"] = out.people / max(int(out.people.sum()), 1)
         return out
 
-    def summary(self) -> Any:
-        """People per segment, released through :func:`kidresearch.sdc.crosstab`."""
+    def summary(self) -> CheckedTable:
+        """People per segment, released through :func:`kidresearch.sdc.crosstab`.
+
+        Examples
+        --------
+        >>> frame = pd.DataFrame({"segment": ["healthy"] * 40 + ["frailty"] * 20})
+        >>> seg = Segmentation(at=dt.date(2024, 6, 30), frame=frame)
+        >>> seg.summary().released.loc[["healthy", "frailty", "Total"]].tolist()
+        [40.0, 20.0, 60.0]
+        """
         from kidresearch import sdc
 
         return sdc.crosstab(self.frame, "segment", name=f"segments_{self.at}")
 
-    def plot(self, ax: Any = None) -> Any:
-        """Bar chart of the released segment counts; returns the Axes."""
+    def plot(self, ax: Axes | None = None) -> Axes:
+        """Bar chart of the released segment counts; returns the Axes.
+
+        Parameters
+        ----------
+        ax
+            Axes to draw on; a new figure when None.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+
+        Examples
+        --------
+        >>> frame = pd.DataFrame({"segment": ["healthy"] * 40 + ["frailty"] * 20})
+        >>> seg = Segmentation(at=dt.date(2024, 6, 30), frame=frame)
+        >>> seg.plot().get_title()
+        'Bridges to Health segments on 2024-06-30'
+        """
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -412,7 +490,7 @@ def bridges_to_health(
     return Segmentation(at=at_date, frame=frame)
 
 
-def crosstab_deprivation(seg: Segmentation, *, by: str = "imd_quintile") -> Any:
+def crosstab_deprivation(seg: Segmentation, *, by: str = "imd_quintile") -> CheckedTable:
     """Segment x IMD quintile (or decile) counts, released through :func:`kidresearch.sdc.crosstab`.
 
     Parameters
@@ -455,7 +533,7 @@ def crosstab_deprivation(seg: Segmentation, *, by: str = "imd_quintile") -> Any:
     return _sdc_crosstab(frame, by, seg.at)
 
 
-def _sdc_crosstab(frame: pd.DataFrame, by: str, at: dt.date) -> Any:
+def _sdc_crosstab(frame: pd.DataFrame, by: str, at: dt.date) -> CheckedTable:
     from kidresearch import sdc
 
     return sdc.crosstab(frame, "segment", by, name=f"segments_by_{by}_{at}")
