@@ -313,7 +313,7 @@ def generate(
     geo = make_geography(scn)
     n_chunks = -(-scn.population.people // scn.population.chunk_size)
     if workers is None:
-        workers = min(2, os.cpu_count() or 1, n_chunks)
+        workers = min(2, os.cpu_count() or 1)  # the file-writing pass runs in parallel too
 
     # Two passes over the same worker pool, so that no process holds anything that grows with
     # the population: (1) workers simulate chunks and spill each feed to a part file; (2)
