@@ -82,6 +82,7 @@ from kidresearch.linkage.nhs import sql_nhs_normalise
 from kidresearch.linkage.quarantine import DUPLICATE_REASON
 from kidresearch.linkage.report import write_report
 from kidresearch.linkage.validate import (
+    NOT_IN_REGISTER_REASON,
     duckdb_type,
     feed_checks,
     literal,
@@ -93,7 +94,7 @@ from kidresearch.linkage.validate import (
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 _FILE_NAME = re.compile(r"^(?P<feed>[a-z_]+)_(?P<month>\d{4}-\d{2})\.(?P<ext>parquet|csv)$")
 _MEMORY_LIMIT = os.environ.get("KID_BUILD_MEMORY_LIMIT", "4GB")
 EVENT_TABLES = tuple(
@@ -318,6 +319,36 @@ def _read_csv(extract: _Extract, table: schema.Table) -> pa.Table:
     return data
 
 
+MONTHLY_COSTED = ("social_care_packages", "hospice_episodes")  # costed per month open
+
+
+def _link_partitions(previous: Path, target: Path, skip: set[int], prefix: str) -> None:
+    """Hard-link ``previous/year=Y/<prefix>-N.parquet`` into ``target`` for years not in skip."""
+    if not previous.is_dir():
+        return
+    pattern = re.compile(rf"^{re.escape(prefix)}-\d+\.parquet$")
+    for folder in sorted(previous.glob("year=*")):
+        year = folder.name.removeprefix("year=")
+        if not year.isdigit() or int(year) in skip:
+            continue
+        for f in sorted(folder.iterdir()):
+            if pattern.match(f.name):
+                (target / folder.name).mkdir(parents=True, exist_ok=True)
+                os.link(f, target / folder.name / f.name)
+
+
+@dataclass
+class _Plan:
+    """How an incremental build reuses the previous version (see :mod:`.versions`)."""
+
+    previous: str
+    manifest: dict
+    report: dict
+    new_months: list[str]
+    relinked: dict[str, int] = field(default_factory=dict)
+    partitions: dict[str, list[int]] = field(default_factory=dict)
+
+
 # ------------------------------------------------------------------------------------- build
 class _Builder:
     def __init__(self, raw: Path, out: Path, key: bytes, version: str, extracts: list[_Extract]):
@@ -336,6 +367,7 @@ class _Builder:
         self.table_rows: dict[str, int] = {}
         self.published_rows: dict[str, int] = {}
         self.schemas: dict[str, str] = {}
+        self.previous: str | None = None
 
     def close(self) -> None:
         self.con.close()
@@ -436,7 +468,7 @@ class _Builder:
         return FeedError(f"Feed '{feed}' could not be read ({self.raw / feed}): {exc}")
 
     # -------------------------------------------------------------- staging
-    def stage_feed(self, feed: str) -> None:
+    def stage_feed(self, feed: str, where: str | None = None) -> None:
         """Validate (and for linked feeds, link) every row into the table ``stage_<feed>``.
 
         DuckDB keeps the table in memory and spills to the work folder beyond its memory
@@ -463,6 +495,7 @@ class _Builder:
             else "NULL AS _person_id, TRY_CAST(t._nhs AS BIGINT) AS _nhs_int"
         )
         out_cols = self._stage_columns(feed)
+        where_sql = f"WHERE {where}" if where else ""
         sql = f"""
         CREATE TABLE stage_{feed} AS (
           WITH raw AS ({relation}),
@@ -471,7 +504,7 @@ class _Builder:
             {typed}
             FROM raw r JOIN files f ON f._file = r._file
           ),
-          linked AS (SELECT t.*, {person} FROM typed t {join}),
+          linked AS (SELECT t.*, {person} FROM typed t {join} {where_sql}),
           checked AS (SELECT *, {problem_case(checks)} AS _problem FROM linked)
           SELECT _file, _row, _month, t_record_id AS record_id, {out_cols},
                  _problem, {value_case(checks)} AS _value
@@ -594,7 +627,14 @@ class _Builder:
         )
 
     # ------------------------------------------------------------- quarantine
-    def write_quarantine(self, feed: str, folder: Path) -> None:
+    def write_quarantine(self, feed: str, folder: Path, *, carried: bool = False) -> None:
+        """Write the feed's quarantine: staged rows with a problem and within-extract duplicates.
+
+        Incremental builds pass ``carried``: the previous version's quarantine rows of rows
+        that were not re-staged are kept as they were (a row's checks depend only on the row,
+        its file, the reference tables and the register, which only grows; rows that the
+        grown register links now are re-staged).
+        """
         checks = self.checks[feed]
         reasons = pd.DataFrame(
             {
@@ -607,6 +647,15 @@ class _Builder:
         self.con.execute(f"CREATE OR REPLACE TABLE reasons_{feed} AS SELECT * FROM reasons_df")
         self.con.unregister("reasons_df")
         path = folder / f"{feed}.parquet"
+        old = ""
+        if carried:
+            old = f"""UNION ALL
+              SELECT {literal(feed)}, f._relative, q.row_number, q.record_id, q.extract_month,
+                     q.field, q.reason, q.value
+              FROM read_parquet({literal(str(self._carried_path(feed)))}) q
+              JOIN files f ON f._relative = q.source_file
+              WHERE NOT EXISTS (SELECT 1 FROM stage_{feed} s
+                                WHERE s._file = f._file AND s._row = q.row_number)"""
         self.con.execute(
             f"""COPY (
               SELECT {literal(feed)} AS feed, f._relative AS source_file, s._row AS row_number,
@@ -617,14 +666,29 @@ class _Builder:
               SELECT {literal(feed)}, f._relative, d._row, d.record_id, d._month,
                      'record_id', {literal(DUPLICATE_REASON)}, d.record_id
               FROM drop_{feed} d JOIN files f ON f._file = d._file WHERE d.kind = 'duplicate'
+              {old}
             ) TO {literal(str(path))} (FORMAT parquet)"""
         )
         self.con.execute(
             f"CREATE VIEW quarantine_{feed} AS SELECT * FROM read_parquet({literal(str(path))})"
         )
 
+    def _carried_path(self, feed: str) -> Path:
+        """The previous version's quarantine of ``feed`` (incremental builds)."""
+        return self.out / "restricted" / "quarantine" / str(self.previous) / f"{feed}.parquet"
+
     # -------------------------------------------------------------- reconcile
-    def reconcile(self, feed: str) -> None:
+    def reconcile(
+        self, feed: str, files: list[int] | None = None, carried: pd.DataFrame | None = None
+    ) -> None:
+        """Check rows in = rows linked + rows quarantined for every extract of the feed.
+
+        Incremental builds stage only some rows of the older extracts: their counts are
+        ``carried`` (``_relative``, ``rows_in`` and ``rows_linked`` from the previous version's
+        report, adjusted for re-staged rows); rows quarantined come from this version's
+        quarantine as for every extract, so the check still compares two independent counts.
+        ``files`` are the fully staged (new) extracts.
+        """
         counts = self.con.execute(
             f"""
             WITH staged AS (
@@ -653,6 +717,19 @@ class _Builder:
         ).df()
         expected = {str(e.path): e.rows for e in self.extracts if e.feed == feed}
         counts["rows_in"] = counts["_path"].map(expected).astype("int64")
+        if files is not None:
+            old = ~counts["_file"].isin(files)
+            prior = carried.set_index("_relative") if carried is not None else pd.DataFrame()
+            for column in ("rows_in", "rows_linked"):
+                counts.loc[old, column] = counts.loc[old, "_relative"].map(prior[column])
+                counts.loc[old, "rows_staged"] = counts.loc[old, "rows_in"]
+            missing = counts[old & counts["rows_in"].isna()]
+            if len(missing):
+                raise BuildError(
+                    f"{missing.iloc[0]['_path']}: no counts for this extract in the previous "
+                    "version's linkage report; rebuild with --full."
+                )
+            counts = counts.astype({c: "int64" for c in _COUNT_COLUMNS + ["rows_staged"]})
         lost = counts[counts["rows_staged"] != counts["rows_in"]]
         if len(lost):
             first = lost.iloc[0]
@@ -668,7 +745,14 @@ class _Builder:
                 f"({first['rows_linked']}) + rows quarantined ({first['rows_quarantined']})."
             )
         self.counts[feed] = counts
-        published = self.con.execute(f"SELECT count(*) FROM {self.final_rows(feed)}").fetchone()[0]
+        if files is not None:
+            # Only part of the table is staged; the published files are counted against
+            # rows linked - corrections once written (_check_tables).
+            published = int(counts["rows_linked"].sum() - self.corrections[feed])
+        else:
+            published = self.con.execute(
+                f"SELECT count(*) FROM {self.final_rows(feed)}"
+            ).fetchone()[0]
         if published != counts["rows_linked"].sum() - self.corrections[feed]:
             raise BuildError(
                 f"Feed '{feed}': {published} rows to publish, expected rows linked "
@@ -682,6 +766,133 @@ class _Builder:
         self.reasons += [
             {"feed": feed, "field": f, "reason": r, "rows": int(n)} for f, r, n in reasons
         ]
+
+    # ------------------------------------------------------------ incremental
+    def incremental_feed(self, feed: str, tables: Path, quarantine: Path, plan: _Plan) -> None:
+        """Add the new extracts of one event feed to the previous version's table.
+
+        See :mod:`.versions` for the design. The records *touched* by this version are those
+        with a row in a new extract, plus those whose rows the previous version quarantined as
+        not in the population register but whose person is registered now. Every event year
+        in which a touched record has a row is rewritten: all raw rows of those years (and
+        every other row of their records, so that the latest version of each record is known)
+        are validated, linked and deduplicated again; every other year folder is hard-linked
+        from the previous version. Rows that were not re-staged keep their previous status,
+        so the previous quarantine is carried over for them.
+        """
+        previous = plan.previous
+        table = schema.RAW_FEEDS[feed]
+        date_column = schema.RESEARCH_TABLES[feed].date_column
+        con = self.con
+        con.execute(
+            f"""CREATE TABLE prevq_{feed} AS
+            SELECT f._file, q.row_number AS _row, q.reason, q.value, q.record_id
+            FROM read_parquet({literal(str(self._carried_path(feed)))}) q
+            JOIN files f ON f._relative = q.source_file"""
+        )
+        con.execute(
+            f"""CREATE TABLE relinked_{feed} AS SELECT _file, _row, record_id FROM prevq_{feed}
+            WHERE reason = {literal(NOT_IN_REGISTER_REASON)}
+              AND {sql_nhs_normalise("value")} IN (SELECT nhs FROM register)"""
+        )
+        relinked = con.execute(f"SELECT count(*) FROM relinked_{feed}").fetchone()[0]
+        plan.relinked[feed] = int(relinked)
+        new_ids = [i for i, e in enumerate(self.extracts) if e.feed == feed and e.month > previous]
+        new_list = ", ".join(map(str, new_ids or [-1]))
+        relation, types = self._raw_relation(feed)
+        has_csv = any(e.feed == feed and e.fmt == "csv" for e in self.extracts)
+        record = typed_expression(table.column("record_id"), types.get("record_id"), trim=has_csv)
+        when = typed_expression(table.column(date_column), types.get(date_column), trim=has_csv)
+        # Record identity (a 64-bit hash: a collision only re-stages a few rows more) and
+        # event year of every raw row; two columns, cheap.
+        try:
+            con.execute(
+                f"CREATE TABLE keys_{feed} AS SELECT hash({record}) AS h, "
+                f"year({when}) AS y, _file FROM ({relation})"
+            )
+        except duckdb.Error as exc:
+            raise self._failing_file(feed, exc) from exc
+        con.execute(
+            f"""CREATE TABLE touched_{feed} AS
+            SELECT DISTINCT h FROM keys_{feed} WHERE _file IN ({new_list})
+            UNION SELECT hash(record_id) FROM relinked_{feed}"""
+        )
+        con.execute(
+            f"""CREATE TABLE years_{feed} AS SELECT DISTINCT y FROM keys_{feed}
+            WHERE y IS NOT NULL AND h IN (SELECT h FROM touched_{feed})"""
+        )
+        con.execute(
+            f"""CREATE TABLE records_{feed} AS SELECT DISTINCT h FROM keys_{feed}
+            WHERE y IN (SELECT y FROM years_{feed}) UNION SELECT h FROM touched_{feed}"""
+        )
+        years = sorted(r[0] for r in con.execute(f"SELECT y FROM years_{feed}").fetchall())
+        con.execute(f"DROP TABLE keys_{feed}")
+        self.stage_feed(
+            feed,
+            where=(
+                f"t._file IN ({new_list}) OR hash(t.t_record_id) IN (SELECT h FROM records_{feed})"
+            ),
+        )
+        self.resolve_duplicates(feed)
+        # Every version of every re-staged record is staged, so the corrections can be counted
+        # on the stage as the previous version saw it (its linked rows) and as it is now.
+        pairs = "count(DISTINCT (record_id, _file)) - count(DISTINCT record_id)"
+        now = con.execute(f"SELECT {pairs} FROM stage_{feed} WHERE _problem IS NULL").fetchone()[0]
+        before = con.execute(
+            f"""SELECT {pairs} FROM stage_{feed} s WHERE _file NOT IN ({new_list})
+            AND NOT EXISTS (SELECT 1 FROM prevq_{feed} q WHERE q._file = s._file
+                            AND q._row = s._row)"""
+        ).fetchone()[0]
+        if now != self.corrections[feed]:
+            raise BuildError(
+                f"Feed '{feed}': inconsistent correction counts ({now} != "
+                f"{self.corrections[feed]}); rebuild with --full."
+            )
+        prior = {f["feed"]: f for f in plan.report["feeds"]}[feed]
+        self.corrections[feed] = int(prior["corrections_applied"] + now - before)
+        self.write_quarantine(feed, quarantine, carried=True)
+        # Rows linked per older extract: the previous count, plus re-staged rows linked now,
+        # minus re-staged rows linked before (those not in the previous quarantine).
+        delta = con.execute(
+            f"""SELECT f._relative,
+              count(*) FILTER (WHERE s._problem IS NULL AND d._row IS NULL)
+              - count(*) FILTER (WHERE q._row IS NULL) AS delta
+            FROM stage_{feed} s JOIN files f ON f._file = s._file
+            LEFT JOIN (SELECT _file, _row FROM drop_{feed} WHERE kind = 'duplicate') d
+              ON d._file = s._file AND d._row = s._row
+            LEFT JOIN prevq_{feed} q ON q._file = s._file AND q._row = s._row
+            WHERE s._file NOT IN ({new_list}) GROUP BY f._relative"""
+        ).df()
+        months = pd.DataFrame(
+            [m for m in plan.report["months"] if m["feed"] == feed],
+            columns=["extract_month", "rows_in", "rows_linked"],
+        )
+        relative = {e.month: e.relative for e in self.extracts if e.feed == feed}
+        months["_relative"] = months["extract_month"].map(relative)
+        change = months["_relative"].map(delta.set_index("_relative")["delta"]).fillna(0)
+        months["rows_linked"] = months["rows_linked"] + change.astype("int64")
+        self.reconcile(feed, files=new_ids, carried=months)
+        _link_partitions(
+            self.out / "versions" / previous / "tables" / feed, tables / feed, set(years), "part"
+        )
+        self.write_event_table(feed, tables, years=years)
+        if feed in MONTHLY_COSTED:
+            self.write_costs_part(feed, tables)
+        else:
+            _link_partitions(
+                self.out / "versions" / previous / "tables" / "costs",
+                tables / "costs",
+                set(years),
+                feed,
+            )
+            written = [
+                f for y in years for f in sorted((tables / feed / f"year={y}").glob("*.parquet"))
+            ]
+            if written:
+                self.write_costs_part(feed, tables, files=written)
+        plan.partitions[feed] = years
+        for name in ("prevq", "relinked", "touched", "years", "records"):
+            con.execute(f"DROP TABLE IF EXISTS {name}_{feed}")
 
     # ----------------------------------------------------------------- tables
     def _copy(self, select: str, target: Path, *, partition: bool) -> None:
@@ -709,11 +920,16 @@ class _Builder:
         extra = f", CAST(year({quote(year)}) AS INTEGER) AS year" if year else ""
         return f"SELECT {cols}{extra} FROM {source}"
 
-    def write_event_table(self, feed: str, tables: Path) -> None:
+    def write_event_table(self, feed: str, tables: Path, years: list[int] | None = None) -> None:
+        """Write the feed's published rows, one hive folder per event year (``years`` only)."""
         table = schema.RESEARCH_TABLES[feed]
+        only = ""
+        if years is not None:
+            listed = ", ".join(map(str, years or [-1]))
+            only = f" WHERE year(s.{quote(table.date_column)}) IN ({listed})"
         source = (
             f"(SELECT i.person_id, s.* FROM {self.final_rows(feed)} s "
-            "JOIN person_ids i ON i.pk = s.person_key)"
+            f"JOIN person_ids i ON i.pk = s.person_key{only})"
         )
         if feed == "inpatient_spells":
             emergency = ", ".join(literal(v) for v in schema.ADMISSION_METHODS_EMERGENCY)
@@ -832,8 +1048,11 @@ def _schema_hash() -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _content_hash(inputs: list[dict], fingerprint: str, version: str) -> str:
+def _content_hash(
+    inputs: list[dict], fingerprint: str, version: str, reference: dict[str, str]
+) -> str:
     payload = {
+        "reference": reference,
         "builder": BUILDER_VERSION,
         "version": version,
         "key": fingerprint,
@@ -844,18 +1063,95 @@ def _content_hash(inputs: list[dict], fingerprint: str, version: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _table_listing(tables: Path) -> dict[str, dict]:
+def _table_listing(
+    tables: Path, previous: tuple[Path, dict[str, dict]] | None = None
+) -> dict[str, dict]:
+    """Rows and files of every table; each file ``written`` or ``reused`` (hard link)."""
+    known: dict[str, str] = {}
+    if previous is not None:
+        for info in previous[1].values():
+            known.update({f["path"]: f["sha256"] for f in info["files"]})
     listing: dict[str, dict] = {}
     for folder in sorted(p for p in tables.iterdir() if p.is_dir()):
         files = sorted(folder.rglob("*.parquet"))
         rows = sum(pq.read_metadata(f).num_rows for f in files)
-        listing[folder.name] = {
-            "rows": rows,
-            "files": [
-                {"path": str(f.relative_to(tables.parent)), "sha256": _sha256(f)} for f in files
-            ],
-        }
+        entries = []
+        for f in files:
+            relative = str(f.relative_to(tables.parent))
+            old = previous[0] / relative if previous is not None else None
+            if old is not None and relative in known and old.exists() and os.path.samefile(f, old):
+                entries.append({"path": relative, "sha256": known[relative], "status": "reused"})
+            else:
+                entries.append({"path": relative, "sha256": _sha256(f), "status": "written"})
+        listing[folder.name] = {"rows": rows, "files": entries}
     return listing
+
+
+def _inputs_by_month(inputs: list[dict]) -> dict[str, dict[str, str]]:
+    """``{extract_month: {file: sha256}}``: what a later incremental build compares."""
+    months: dict[str, dict[str, str]] = {}
+    for i in inputs:
+        months.setdefault(i["extract_month"], {})[i["file"]] = i["sha256"]
+    return dict(sorted(months.items()))
+
+
+def _build_record(
+    plan: _Plan | None, full_reason: str, extracts: list[_Extract], listing: dict
+) -> dict:
+    """The manifest's and report's ``build`` entry: full or incremental, and why."""
+    files = [f for info in listing.values() for f in info["files"]]
+    counts = {
+        "files_written": sum(f["status"] == "written" for f in files),
+        "files_reused": sum(f["status"] == "reused" for f in files),
+    }
+    if plan is None:
+        return {"mode": "full", "reason": full_reason, **counts}
+    return {
+        "mode": "incremental",
+        "previous": plan.previous,
+        "new_months": plan.new_months,
+        "partitions_written": {feed: years for feed, years in plan.partitions.items()},
+        "rows_relinked": plan.relinked,
+        **counts,
+    }
+
+
+def _previous_plan(
+    out: Path, version: str, extracts: list[_Extract], fingerprint: str, reference: dict
+) -> tuple[_Plan | None, str]:
+    """The latest earlier version to build on, or ``None`` and why a full build is needed."""
+    earlier = [v for v in versions.list_versions(out) if v < version]
+    if not earlier:
+        return None, "no earlier version in this KID folder"
+    previous = earlier[-1]
+    try:
+        manifest = versions.read_manifest(out, previous)
+        report_path = out / "reports" / f"linkage_{previous}.json"
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (BuildError, OSError, ValueError) as exc:
+        return None, f"version {previous} cannot be read ({exc})"
+    checks = {
+        "builder_version": BUILDER_VERSION,
+        "key_fingerprint": fingerprint,
+        "schema_hash": _schema_hash(),
+        "unit_costs_hash": costs_module.unit_costs_hash(),
+        "reference": reference,
+    }
+    for name, expected in checks.items():
+        if manifest.get(name) != expected:
+            return None, f"version {previous} differs in {name.replace('_', ' ')}"
+    if not (out / "restricted" / "quarantine" / previous).is_dir():
+        return None, f"the quarantine of version {previous} is missing"
+    sent = {e.relative: e.sha256 for e in extracts if e.month <= previous}
+    used = {i["file"]: i["sha256"] for i in manifest.get("inputs", [])}
+    if sent != used:
+        changed = sorted(set(sent.items()) ^ set(used.items()))
+        return None, (
+            f"extracts up to {previous} changed since version {previous} was built "
+            f"(e.g. {changed[0][0]}): a provider re-sent or removed an old month"
+        )
+    new_months = sorted({e.month for e in extracts if e.month > previous})
+    return _Plan(previous, manifest, report, new_months), ""
 
 
 _COUNT_COLUMNS = ["rows_in", "rows_linked", "rows_quarantined", "rows_unlinkable"]
@@ -921,8 +1217,13 @@ def build(
     key_file: str | os.PathLike[str],
     version: str | None = None,
     progress: bool = False,
+    full: bool = False,
 ) -> BuildResult:
     """Link, pseudonymise, validate and publish a KID version from raw monthly feeds.
+
+    When ``out`` already holds an earlier version built from the same older extracts (same
+    hashes), the new version is built incrementally from it (see :mod:`.versions`);
+    ``full=True`` forces a full rebuild. Either way the result is the same tables.
 
     Parameters
     ----------
@@ -938,6 +1239,8 @@ def build(
         extract month found.
     progress
         Show a progress bar.
+    full
+        Rebuild from all extracts even when an earlier version could be reused.
 
     Returns
     -------
@@ -995,9 +1298,14 @@ def build(
         ]
         _check_raw_manifest(raw, version, extracts)
         fingerprint = pseudonym.key_fingerprint(key)
+        reference = {
+            f"reference/{name}.parquet": _sha256(raw / "reference" / f"{name}.parquet")
+            for name in ("practices", "lsoas")
+            if (raw / "reference" / f"{name}.parquet").is_file()
+        }
         # CSV row counts are known only after parsing; the hash covers their bytes.
         inputs = [{"file": e.relative, "sha256": e.sha256, "rows": e.rows} for e in extracts]
-        content_hash = _content_hash(inputs, fingerprint, version)
+        content_hash = _content_hash(inputs, fingerprint, version, reference)
         final = versions.version_dir(out, version)
         if final.exists():
             manifest = versions.read_manifest(out, version)
@@ -1010,8 +1318,32 @@ def build(
             log.info("Version %s already published from the same inputs: nothing to do", version)
             return _existing_result(out, version, manifest)
         pseudonym.ensure_secret_file(out / "restricted" / "proposal_secret")
+        plan, full_reason = (None, "--full requested") if full else (None, "")
+        if not full:
+            plan, full_reason = _previous_plan(out, version, extracts, fingerprint, reference)
+        if plan is not None:
+            log.info(
+                "Version %s: incremental from %s, new months %s",
+                version,
+                plan.previous,
+                ", ".join(plan.new_months),
+            )
+        else:
+            log.info("Version %s: full build (%s)", version, full_reason)
         return _build_new(
-            raw, out, key, version, extracts, fingerprint, content_hash, step, started, schemas
+            raw,
+            out,
+            key,
+            version,
+            extracts,
+            fingerprint,
+            content_hash,
+            step,
+            started,
+            schemas,
+            reference,
+            plan,
+            full_reason,
         )
     finally:
         if bar is not None:
@@ -1038,9 +1370,13 @@ def _build_new(
     step,
     started: float,
     schemas: dict[str, str],
+    reference: dict[str, str],
+    plan: _Plan | None,
+    full_reason: str,
 ) -> BuildResult:
     builder = _Builder(raw, out, key, version, extracts)
     builder.schemas = schemas
+    builder.previous = plan.previous if plan is not None else None
     temp_version = versions.new_temp_dir(out / "versions", version)
     temp_quarantine = versions.new_temp_dir(out / "restricted" / "quarantine", version)
     try:
@@ -1054,6 +1390,11 @@ def _build_new(
         builder.build_register()
         # One feed at a time: stage, corrections, quarantine, reconcile, publish, free.
         for feed in schema.RAW_FEEDS:
+            if plan is not None and feed in EVENT_TABLES:
+                step(f"Adding {', '.join(plan.new_months)} to {feed}")
+                builder.incremental_feed(feed, tables, temp_quarantine, plan)
+                builder.drop_stage(feed)
+                continue
             step(f"Validating and linking {feed}")
             if feed != "registrations":
                 builder.stage_feed(feed)
@@ -1080,9 +1421,18 @@ def _build_new(
         inputs = [
             {"file": e.relative, "sha256": e.sha256, "rows": rows_in[str(e.path)]} for e in extracts
         ]
-        listing = _table_listing(tables)
+        inputs = [
+            {**i, "feed": e.feed, "extract_month": e.month}
+            for i, e in zip(inputs, extracts, strict=True)
+        ]
+        previous_listing = None
+        if plan is not None:
+            previous_listing = (versions.version_dir(out, plan.previous), plan.manifest["tables"])
+        listing = _table_listing(tables, previous_listing)
         _check_tables(builder, listing)
+        how = _build_record(plan, full_reason, extracts, listing)
         report = _report(builder, version, inputs, listing)
+        report["build"] = how
         manifest = {
             "version": version,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1090,7 +1440,11 @@ def _build_new(
             "builder_version": BUILDER_VERSION,
             "key_fingerprint": fingerprint,
             "schema_hash": _schema_hash(),
+            "unit_costs_hash": costs_module.unit_costs_hash(),
+            "reference": reference,
+            "build": how,
             "inputs": inputs,
+            "inputs_by_month": _inputs_by_month(inputs),
             "tables": listing,
             "layout": {
                 "partitioned_by_year": list(EVENT_TABLES) + ["costs"],

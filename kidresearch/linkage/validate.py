@@ -37,6 +37,7 @@ from kidresearch.linkage.nhs import sql_nhs_valid
 from kidresearch.schema import Column, Table
 
 EARLIEST_DATE = "1900-01-01"
+NOT_IN_REGISTER_REASON = "nhs_number not in the population register"
 
 _DUCKDB_TYPES = {
     "string": "VARCHAR",
@@ -191,7 +192,7 @@ def feed_checks(
         checks.append(
             Check(
                 "nhs_number",
-                "nhs_number not in the population register",
+                NOT_IN_REGISTER_REASON,
                 "TRUE",
                 nhs_raw,
                 guard,
