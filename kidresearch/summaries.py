@@ -504,9 +504,11 @@ def effect_intervals(effects: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
                 strict=True,
             )
         ]
-    for column in ("matched_p_value", "treated", "matched_controls"):
+    if "matched_p_value" in effects.columns:
+        out["matched_p_value"] = effects["matched_p_value"].to_numpy()
+    for column in ("treated", "matched_controls"):  # released counts arrive as floats
         if column in effects.columns:
-            out[column] = effects[column].to_numpy()
+            out[column] = effects[column].round().astype("Int64").array
     return out
 
 
