@@ -41,8 +41,18 @@ def _cmd_build(args: argparse.Namespace) -> int:
         key_file=args.key_file,
         version=args.version,
         progress=not args.quiet,
+        full=args.full,
     )
     _print(result.summary().to_string())
+    how = result.report.get("build", {})
+    if how.get("mode") == "incremental":
+        _print(
+            f"Built incrementally from {how['previous']}: new months "
+            f"{', '.join(how['new_months'])}; {how['files_reused']} files reused, "
+            f"{how['files_written']} written"
+        )
+    elif how.get("reason") and not result.reused:
+        _print(f"Full build ({how['reason']})")
     _print(f"KID version {result.version} published in {Path(args.out).resolve()}")
     return 0
 
@@ -171,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="KID folder (versions are added here)")
     p.add_argument("--key-file", type=Path, required=True, help="secret pseudonymisation key")
     p.add_argument("--version", default=None, help="version label YYYY-MM (default: last extract)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="rebuild from all extracts (default: add new months to the previous version)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_build)
 

@@ -113,9 +113,18 @@ def test_history_is_untouched_and_unchanged_files_are_hard_links(chain) -> None:
             if f["status"] == "reused":
                 assert os.path.samefile(here, before), f["path"]
             assert hashlib.sha256(here.read_bytes()).hexdigest() == f["sha256"]
-    # The fixture's events are dated in their extract month, all in 2026: the 2026 folders are
-    # rewritten, while the registrations' earlier-year history is untouched.
-    assert manifest["build"]["partitions_written"]["gp_events"] == [2026]
+    # The fixture's events are dated in their extract month (2026). MONTHS[1] corrects nothing:
+    # its rows are appended to 2026 as a new file next to the hard-linked MONTHS[0] file.
+    # MONTHS[2] resends a MONTHS[0] row (a correction), so 2026 is rewritten whole.
+    assert manifest["build"]["partitions_rewritten"]["gp_events"] == []
+    assert manifest["build"]["partitions_appended"]["gp_events"] == [2026]
+    gp = {f["path"]: f["status"] for f in manifest["tables"]["gp_events"]["files"]}
+    assert gp == {
+        "tables/gp_events/year=2026/part-0.parquet": "reused",
+        f"tables/gp_events/year=2026/part-{MONTHS[1]}-0.parquet": "written",
+    }
+    last = json.loads((kid / "versions" / MONTHS[2] / "manifest.json").read_text())
+    assert last["build"]["partitions_rewritten"]["gp_events"] == [2026]
     # Inputs are recorded per extract month with their hashes.
     by_month = manifest["inputs_by_month"]
     assert sorted(by_month) == list(MONTHS[:2])
@@ -185,3 +194,23 @@ def test_failure_in_incremental_build_leaves_previous_version_and_current(
     assert list_versions(root / "kid") == [MONTHS[1]]
     assert _tree_hashes(root / "kid" / "versions" / MONTHS[1]) == before
     assert not [p for p in (root / "kid" / "versions").iterdir() if p.name.startswith(".")]
+
+
+def test_demo_months_added_incrementally_equal_a_full_build(demo_synth, demo_key, tmp_path) -> None:
+    """The brief's property on the demo KID (corrections, reporting lag, late registrations):
+    2026-08 full, then 2026-09 and 2026-10 incrementally == a full build of 2026-10."""
+    raw = demo_synth / "raw"
+    kid = tmp_path / "kid"
+    hashes = {}
+    for month in ("2026-08", "2026-09", "2026-10"):
+        result = build(raw, kid, key_file=demo_key, version=month)
+        hashes[month] = _tree_hashes(kid / "versions" / month)
+        assert result.report["build"]["mode"] == ("full" if month == "2026-08" else "incremental")
+    build(raw, tmp_path / "full", key_file=demo_key, version="2026-10", full=True)
+    _assert_same_as_full(kid, tmp_path / "full", "2026-10")
+    how = result.report["build"]
+    assert how["files_reused"] > 0
+    assert any(how["partitions_appended"].values())
+    assert sum(how["rows_relinked"].values()) > 0  # persons registered after their events
+    for month, before in hashes.items():
+        assert _tree_hashes(kid / "versions" / month) == before

@@ -323,10 +323,10 @@ MONTHLY_COSTED = ("social_care_packages", "hospice_episodes")  # costed per mont
 
 
 def _link_partitions(previous: Path, target: Path, skip: set[int], prefix: str) -> None:
-    """Hard-link ``previous/year=Y/<prefix>-N.parquet`` into ``target`` for years not in skip."""
+    """Hard-link ``previous/year=Y/<prefix>-*.parquet`` into ``target`` for years not in skip."""
     if not previous.is_dir():
         return
-    pattern = re.compile(rf"^{re.escape(prefix)}-\d+\.parquet$")
+    pattern = re.compile(rf"^{re.escape(prefix)}-[0-9-]+\.parquet$")
     for folder in sorted(previous.glob("year=*")):
         year = folder.name.removeprefix("year=")
         if not year.isdigit() or int(year) in skip:
@@ -346,7 +346,8 @@ class _Plan:
     report: dict
     new_months: list[str]
     relinked: dict[str, int] = field(default_factory=dict)
-    partitions: dict[str, list[int]] = field(default_factory=dict)
+    rewritten: dict[str, list[int]] = field(default_factory=dict)
+    appended: dict[str, list[int]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------- build
@@ -411,34 +412,39 @@ class _Builder:
                         f"(expected {c.dtype}); reference tables must be complete."
                     )
 
-    def _raw_relation(self, feed: str) -> tuple[str, dict[str, str]]:
-        """SQL of one feed's raw rows (all its extracts) and the raw column types.
+    def _raw_relation(self, feed: str, only: set[int] | None = None) -> tuple[str, dict[str, str]]:
+        """SQL of one feed's raw rows (all its extracts, or the file ids ``only``) and types.
 
         All Parquet extracts of a feed are read by one multi-file scan; DuckDB's ``file_index``
-        (position in the file list) plus the feed's first file id gives each row its file id,
-        so no per-row file name is carried (45 million rows at Kent scale).
+        (position in the file list) maps to the file id, so no per-row file name is carried
+        (45 million rows at Kent scale).
         """
         table = schema.RAW_FEEDS[feed]
         cols = ", ".join(quote(c) for c in table.column_names)
         parts = []
         parquet = [
-            (i, e) for i, e in enumerate(self.extracts) if e.feed == feed and e.fmt == "parquet"
+            (i, e)
+            for i, e in enumerate(self.extracts)
+            if e.feed == feed and e.fmt == "parquet" and (only is None or i in only)
         ]
         if parquet:
             ids = [i for i, _ in parquet]
-            if ids != list(range(ids[0], ids[0] + len(ids))):
-                raise AssertionError("extracts of a feed must be listed together")
+            if ids == list(range(ids[0], ids[0] + len(ids))):
+                file_id = f"CAST(file_index AS INTEGER) + {ids[0]}"
+            else:
+                file_id = (
+                    f"CAST([{', '.join(map(str, ids))}][CAST(file_index AS BIGINT) + 1] AS INTEGER)"
+                )
             files = "[" + ", ".join(literal(str(e.path)) for _, e in parquet) + "]"
             schemas = {self.schemas.get(str(e.path)) for _, e in parquet}
             by_name = "true" if len(schemas) > 1 else "false"
             parts.append(
-                f"SELECT {cols}, file_row_number + 1 AS _row, "
-                f"CAST(file_index AS INTEGER) + {ids[0]} AS _file "
+                f"SELECT {cols}, file_row_number + 1 AS _row, {file_id} AS _file "
                 f"FROM read_parquet({files}, file_row_number = true, union_by_name = {by_name})"
             )
         tables = []
         for file_id, e in enumerate(self.extracts):
-            if e.feed == feed and e.fmt == "csv":
+            if e.feed == feed and e.fmt == "csv" and (only is None or file_id in only):
                 data = _read_csv(e, table)
                 n = data.num_rows
                 data = data.append_column("_row", pa.array(range(1, n + 1), pa.int64()))
@@ -448,6 +454,8 @@ class _Builder:
         if tables:
             self.con.register(f"csv_{feed}", pa.concat_tables(tables))
             parts.append(f"SELECT {cols}, _row, _file FROM csv_{feed}")
+        if not parts:  # no file selected: the feed's columns, no rows
+            return self._raw_relation(feed)[0] + " LIMIT 0", self._raw_relation(feed)[1]
         sql = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
         types = dict(
             self.con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {sql})").fetchall()
@@ -468,14 +476,22 @@ class _Builder:
         return FeedError(f"Feed '{feed}' could not be read ({self.raw / feed}): {exc}")
 
     # -------------------------------------------------------------- staging
-    def stage_feed(self, feed: str, where: str | None = None) -> None:
+    def stage_feed(
+        self,
+        feed: str,
+        where: str | None = None,
+        only: set[int] | None = None,
+        append: bool = False,
+    ) -> None:
         """Validate (and for linked feeds, link) every row into the table ``stage_<feed>``.
 
         DuckDB keeps the table in memory and spills to the work folder beyond its memory
         limit; one feed is staged at a time (plus the register), so memory stays bounded.
+        Incremental builds stage the rows matching ``where`` of the files ``only``, and may
+        ``append`` to the stage.
         """
         table = schema.RAW_FEEDS[feed]
-        relation, types = self._raw_relation(feed)
+        relation, types = self._raw_relation(feed, only)
         linked = feed != "registrations"
         checks = feed_checks(
             table, source_types=types, linked=linked, nhs_integer=None if linked else "_nhs_int"
@@ -497,7 +513,7 @@ class _Builder:
         out_cols = self._stage_columns(feed)
         where_sql = f"WHERE {where}" if where else ""
         sql = f"""
-        CREATE TABLE stage_{feed} AS (
+        {f"INSERT INTO stage_{feed}" if append else f"CREATE TABLE stage_{feed} AS"} (
           WITH raw AS ({relation}),
           typed AS (
             SELECT r.*, f._month, f._month_end, {nhs} AS _nhs,
@@ -771,19 +787,18 @@ class _Builder:
     def incremental_feed(self, feed: str, tables: Path, quarantine: Path, plan: _Plan) -> None:
         """Add the new extracts of one event feed to the previous version's table.
 
-        See :mod:`.versions` for the design. The records *touched* by this version are those
-        with a row in a new extract, plus those whose rows the previous version quarantined as
-        not in the population register but whose person is registered now. Every event year
-        in which a touched record has a row is rewritten: all raw rows of those years (and
-        every other row of their records, so that the latest version of each record is known)
-        are validated, linked and deduplicated again; every other year folder is hard-linked
-        from the previous version. Rows that were not re-staged keep their previous status,
-        so the previous quarantine is carried over for them.
+        See :mod:`.versions` for the design. In short: the records *touched* by this version
+        (a row in a new extract, or a row the previous version quarantined as not in the
+        population register whose person is registered now) are staged with every earlier
+        row of the same record, so the latest version of each is known. A touched record
+        whose previously published row is replaced makes that row's event year *dirty*: dirty
+        years are rewritten from all their raw rows. Rows newly published in other years are
+        *appended* as a new file in the year folder. Every other file is hard-linked from the
+        previous version, and the previous quarantine is carried over for rows not re-staged.
         """
-        previous = plan.previous
+        previous, version, con = plan.previous, self.version, self.con
         table = schema.RAW_FEEDS[feed]
         date_column = schema.RESEARCH_TABLES[feed].date_column
-        con = self.con
         con.execute(
             f"""CREATE TABLE prevq_{feed} AS
             SELECT f._file, q.row_number AS _row, q.reason, q.value, q.record_id
@@ -795,16 +810,17 @@ class _Builder:
             WHERE reason = {literal(NOT_IN_REGISTER_REASON)}
               AND {sql_nhs_normalise("value")} IN (SELECT nhs FROM register)"""
         )
-        relinked = con.execute(f"SELECT count(*) FROM relinked_{feed}").fetchone()[0]
-        plan.relinked[feed] = int(relinked)
-        new_ids = [i for i, e in enumerate(self.extracts) if e.feed == feed and e.month > previous]
-        new_list = ", ".join(map(str, new_ids or [-1]))
+        plan.relinked[feed] = int(
+            con.execute(f"SELECT count(*) FROM relinked_{feed}").fetchone()[0]
+        )
+        new_ids = {i for i, e in enumerate(self.extracts) if e.feed == feed and e.month > previous}
+        new_list = ", ".join(map(str, sorted(new_ids) or [-1]))
         relation, types = self._raw_relation(feed)
         has_csv = any(e.feed == feed and e.fmt == "csv" for e in self.extracts)
         record = typed_expression(table.column("record_id"), types.get("record_id"), trim=has_csv)
         when = typed_expression(table.column(date_column), types.get(date_column), trim=has_csv)
-        # Record identity (a 64-bit hash: a collision only re-stages a few rows more) and
-        # event year of every raw row; two columns, cheap.
+        # Record identity (a 64-bit hash: a collision only stages a few rows more) and event
+        # year of every raw row: two columns, cheap.
         try:
             con.execute(
                 f"CREATE TABLE keys_{feed} AS SELECT hash({record}) AS h, "
@@ -817,25 +833,70 @@ class _Builder:
             SELECT DISTINCT h FROM keys_{feed} WHERE _file IN ({new_list})
             UNION SELECT hash(record_id) FROM relinked_{feed}"""
         )
-        con.execute(
-            f"""CREATE TABLE years_{feed} AS SELECT DISTINCT y FROM keys_{feed}
-            WHERE y IS NOT NULL AND h IN (SELECT h FROM touched_{feed})"""
-        )
-        con.execute(
-            f"""CREATE TABLE records_{feed} AS SELECT DISTINCT h FROM keys_{feed}
-            WHERE y IN (SELECT y FROM years_{feed}) UNION SELECT h FROM touched_{feed}"""
-        )
-        years = sorted(r[0] for r in con.execute(f"SELECT y FROM years_{feed}").fetchall())
-        con.execute(f"DROP TABLE keys_{feed}")
+
+        def files_of(hashes: str) -> set[int]:
+            rows = con.execute(
+                f"SELECT DISTINCT _file FROM keys_{feed} WHERE h IN (SELECT h FROM {hashes})"
+            ).fetchall()
+            return {r[0] for r in rows}
+
         self.stage_feed(
             feed,
-            where=(
-                f"t._file IN ({new_list}) OR hash(t.t_record_id) IN (SELECT h FROM records_{feed})"
-            ),
+            where=f"t._file IN ({new_list}) OR hash(t.t_record_id) IN (SELECT h FROM touched_{feed})",
+            only=files_of(f"touched_{feed}") | new_ids,
         )
+        # Per touched record: the row the previous version published (the latest of its rows
+        # linked then) and the row published now (the latest valid row).
+        order = "(CAST(_file AS BIGINT) << 32) + _row"
+        con.execute(
+            f"""CREATE TABLE moves_{feed} AS
+            WITH before AS (
+              SELECT record_id, max({order}) AS k FROM stage_{feed} s
+              WHERE _file NOT IN ({new_list}) AND NOT EXISTS (
+                SELECT 1 FROM prevq_{feed} q WHERE q._file = s._file AND q._row = s._row)
+              GROUP BY record_id),
+            after AS (SELECT record_id, max({order}) AS k FROM stage_{feed}
+                      WHERE _problem IS NULL GROUP BY record_id)
+            SELECT b.k AS old_k, a.k AS new_k
+            FROM before b FULL JOIN after a USING (record_id) WHERE b.k IS DISTINCT FROM a.k"""
+        )
+        year_of = f"year(s.{quote(date_column)})"
+        dirty = sorted(
+            r[0]
+            for r in con.execute(
+                f"""SELECT DISTINCT {year_of} FROM stage_{feed} s JOIN moves_{feed} m
+                ON m.old_k = (CAST(s._file AS BIGINT) << 32) + s._row"""
+            ).fetchall()
+        )
+        con.execute(
+            f"""CREATE TABLE added_{feed} AS SELECT CAST(new_k >> 32 AS INTEGER) AS _file,
+            CAST(new_k & 4294967295 AS BIGINT) AS _row FROM moves_{feed} WHERE new_k IS NOT NULL"""
+        )
+        if dirty:
+            # Rewrite the dirty years whole: stage every other record with a row in them.
+            con.execute(
+                f"""CREATE TABLE records_{feed} AS SELECT DISTINCT h FROM keys_{feed}
+                WHERE y IN ({", ".join(map(str, dirty))})
+                AND h NOT IN (SELECT h FROM touched_{feed})"""
+            )
+            self.stage_feed(
+                feed,
+                where=f"hash(t.t_record_id) IN (SELECT h FROM records_{feed})",
+                only=files_of(f"records_{feed}"),
+                append=True,
+            )
+        con.execute(f"DROP TABLE keys_{feed}")
         self.resolve_duplicates(feed)
-        # Every version of every re-staged record is staged, so the corrections can be counted
-        # on the stage as the previous version saw it (its linked rows) and as it is now.
+        appended = sorted(
+            r[0]
+            for r in con.execute(
+                f"""SELECT DISTINCT {year_of} FROM stage_{feed} s JOIN added_{feed} a
+                ON a._file = s._file AND a._row = s._row"""
+            ).fetchall()
+            if r[0] not in dirty
+        )
+        # Corrections before (rows linked then) and now, over the staged records: every row of
+        # every staged record is staged.
         pairs = "count(DISTINCT (record_id, _file)) - count(DISTINCT record_id)"
         now = con.execute(f"SELECT {pairs} FROM stage_{feed} WHERE _problem IS NULL").fetchone()[0]
         before = con.execute(
@@ -871,34 +932,44 @@ class _Builder:
         months["_relative"] = months["extract_month"].map(relative)
         change = months["_relative"].map(delta.set_index("_relative")["delta"]).fillna(0)
         months["rows_linked"] = months["rows_linked"] + change.astype("int64")
-        self.reconcile(feed, files=new_ids, carried=months)
-        _link_partitions(
-            self.out / "versions" / previous / "tables" / feed, tables / feed, set(years), "part"
-        )
-        self.write_event_table(feed, tables, years=years)
+        self.reconcile(feed, files=sorted(new_ids), carried=months)
+        # Publish: links for every clean year, dirty years rewritten, appended rows added.
+        old_tables = self.out / "versions" / previous / "tables"
+        _link_partitions(old_tables / feed, tables / feed, set(dirty), "part")
+        if dirty:
+            self.write_event_table(feed, tables, years=dirty)
+        if appended:
+            self.write_event_table(
+                feed, tables, years=appended, rows=f"added_{feed}", name=f"{version}-"
+            )
+        if not any((tables / feed).rglob("*.parquet")):
+            self.write_event_table(feed, tables, years=[])  # the empty table's schema file
         if feed in MONTHLY_COSTED:
             self.write_costs_part(feed, tables)
         else:
-            _link_partitions(
-                self.out / "versions" / previous / "tables" / "costs",
-                tables / "costs",
-                set(years),
-                feed,
-            )
-            written = [
-                f for y in years for f in sorted((tables / feed / f"year={y}").glob("*.parquet"))
+            _link_partitions(old_tables / "costs", tables / "costs", set(dirty), feed)
+            rewritten = [
+                f for y in dirty for f in sorted((tables / feed / f"year={y}").glob("*.parquet"))
             ]
-            if written:
-                self.write_costs_part(feed, tables, files=written)
-        plan.partitions[feed] = years
-        for name in ("prevq", "relinked", "touched", "years", "records"):
+            if rewritten:
+                self.write_costs_part(feed, tables, files=rewritten)
+            added = [
+                f
+                for y in appended
+                for f in sorted((tables / feed / f"year={y}").glob(f"part-{version}-*.parquet"))
+            ]
+            if added:
+                self.write_costs_part(feed, tables, files=added, name=f"{version}-")
+        plan.rewritten[feed] = dirty
+        plan.appended[feed] = appended
+        for name in ("prevq", "relinked", "touched", "records", "moves", "added"):
             con.execute(f"DROP TABLE IF EXISTS {name}_{feed}")
 
     # ----------------------------------------------------------------- tables
-    def _copy(self, select: str, target: Path, *, partition: bool) -> None:
+    def _copy(self, select: str, target: Path, *, partition: bool, name: str = "") -> None:
         target.mkdir(parents=True, exist_ok=True)
         if partition:
-            options = "FORMAT parquet, PARTITION_BY (year), FILENAME_PATTERN 'part-{i}'"
+            options = f"FORMAT parquet, PARTITION_BY (year), FILENAME_PATTERN 'part-{name}{{i}}'"
             options += ", OVERWRITE_OR_IGNORE true"
             self.con.execute(f"COPY ({select}) TO {literal(str(target))} ({options})")
             if not any(target.iterdir()):
@@ -920,16 +991,32 @@ class _Builder:
         extra = f", CAST(year({quote(year)}) AS INTEGER) AS year" if year else ""
         return f"SELECT {cols}{extra} FROM {source}"
 
-    def write_event_table(self, feed: str, tables: Path, years: list[int] | None = None) -> None:
-        """Write the feed's published rows, one hive folder per event year (``years`` only)."""
+    def write_event_table(
+        self,
+        feed: str,
+        tables: Path,
+        years: list[int] | None = None,
+        rows: str | None = None,
+        name: str = "",
+    ) -> None:
+        """Write the feed's published rows, one hive folder per event year.
+
+        Incremental builds write only ``years`` and/or only the rows in the table ``rows``
+        (``_file``, ``_row``), into files named ``part-<name><i>.parquet``.
+        """
         table = schema.RESEARCH_TABLES[feed]
-        only = ""
+        only = []
         if years is not None:
             listed = ", ".join(map(str, years or [-1]))
-            only = f" WHERE year(s.{quote(table.date_column)}) IN ({listed})"
+            only.append(f"year(s.{quote(table.date_column)}) IN ({listed})")
+        if rows is not None:
+            only.append(
+                f"EXISTS (SELECT 1 FROM {rows} a WHERE a._file = s._file AND a._row = s._row)"
+            )
+        where = f" WHERE {' AND '.join(only)}" if only else ""
         source = (
             f"(SELECT i.person_id, s.* FROM {self.final_rows(feed)} s "
-            f"JOIN person_ids i ON i.pk = s.person_key{only})"
+            f"JOIN person_ids i ON i.pk = s.person_key{where})"
         )
         if feed == "inpatient_spells":
             emergency = ", ".join(literal(v) for v in schema.ADMISSION_METHODS_EMERGENCY)
@@ -942,6 +1029,7 @@ class _Builder:
             self._cast_select(table, source, year=table.date_column),
             tables / feed,
             partition=True,
+            name=name,
         )
 
     def write_persons(self, tables: Path) -> None:
@@ -992,7 +1080,9 @@ class _Builder:
             self._cast_select(table, f"ref_{name}", year=None), tables / name, partition=False
         )
 
-    def write_costs_part(self, feed: str, tables: Path, files: list[Path] | None = None) -> None:
+    def write_costs_part(
+        self, feed: str, tables: Path, files: list[Path] | None = None, name: str = ""
+    ) -> None:
         """Cost one feed's published rows straight into the costs table's year folders.
 
         The rows are read back from the feed's just-written research table (``files``: its
@@ -1014,7 +1104,7 @@ class _Builder:
         target = tables / "costs"
         target.mkdir(parents=True, exist_ok=True)
         options = (
-            f"FORMAT parquet, PARTITION_BY (year), FILENAME_PATTERN '{feed}-{{i}}', "
+            f"FORMAT parquet, PARTITION_BY (year), FILENAME_PATTERN '{feed}-{name}{{i}}', "
             "OVERWRITE_OR_IGNORE true"
         )
         select = self._cast_select(table, body, year=table.date_column)
@@ -1110,7 +1200,8 @@ def _build_record(
         "mode": "incremental",
         "previous": plan.previous,
         "new_months": plan.new_months,
-        "partitions_written": {feed: years for feed, years in plan.partitions.items()},
+        "partitions_rewritten": plan.rewritten,
+        "partitions_appended": plan.appended,
         "rows_relinked": plan.relinked,
         **counts,
     }
