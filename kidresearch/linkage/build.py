@@ -1,18 +1,14 @@
 """``kid build``: link raw monthly feeds on NHS number, pseudonymise and publish a KID version.
 
-Design (honest and fast rather than clever)
--------------------------------------------
-Each build reads **every** raw extract up to the version's month (``RAW/<feed>/<feed>_<YYYY-MM>
-.parquet`` or ``.csv``) with DuckDB, and writes one complete, immutable version folder. It does
-not patch an earlier version: linkage depends on the whole population register (a person
-registered in a later extract makes earlier records linkable) and corrections in a later
-extract replace rows of earlier months, so recomputing from the raw extracts is the only way to
-keep every version exactly reproducible from its listed inputs. A new month therefore never
-rewrites history: earlier versions stay on disk untouched, and the new month becomes a new
-version. At Kent scale (45 million raw rows) a full build needs about 240 CPU-seconds and
-4.3 GB peak memory, i.e. roughly two minutes on two idle cores: above the 60 s target
-(``benchmarks/bench_build.py``; measured on a heavily shared machine). A re-run of the same
-inputs is a no-op that only hashes the inputs (a few seconds).
+Design
+------
+A **full** build reads every raw extract up to the version's month
+(``RAW/<feed>/<feed>_<YYYY-MM>.parquet`` or ``.csv``) with DuckDB and writes one complete,
+immutable version folder. When the KID folder already holds an earlier version made from the
+same older extracts, the build is **incremental**: the new months are added to it and only
+the event-year files that change are written, the rest hard-linked (see :mod:`.versions`; the
+result equals a full build). A re-run of the same inputs is a no-op that only hashes the
+inputs. Figures: ``benchmarks/bench_build.py``.
 
 Steps, all in DuckDB SQL over Parquet (no Python loop over rows; Python hashes only the
 distinct NHS numbers and UPRNs):
@@ -97,6 +93,9 @@ log = logging.getLogger(__name__)
 BUILDER_VERSION = "3"
 _FILE_NAME = re.compile(r"^(?P<feed>[a-z_]+)_(?P<month>\d{4}-\d{2})\.(?P<ext>parquet|csv)$")
 _MEMORY_LIMIT = os.environ.get("KID_BUILD_MEMORY_LIMIT", "4GB")
+# zstd level 1: at Kent scale both faster to write than DuckDB's default snappy and about 2.5x
+# smaller (the 32-hex person_id compresses well); DuckDB, Spark, pandas and R read it.
+PARQUET = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
 EVENT_TABLES = tuple(
     name
     for name, t in schema.RESEARCH_TABLES.items()
@@ -683,7 +682,7 @@ class _Builder:
                      'record_id', {literal(DUPLICATE_REASON)}, d.record_id
               FROM drop_{feed} d JOIN files f ON f._file = d._file WHERE d.kind = 'duplicate'
               {old}
-            ) TO {literal(str(path))} (FORMAT parquet)"""
+            ) TO {literal(str(path))} ({PARQUET})"""
         )
         self.con.execute(
             f"CREATE VIEW quarantine_{feed} AS SELECT * FROM read_parquet({literal(str(path))})"
@@ -761,9 +760,9 @@ class _Builder:
                 f"({first['rows_linked']}) + rows quarantined ({first['rows_quarantined']})."
             )
         self.counts[feed] = counts
-        if files is not None:
-            # Only part of the table is staged; the published files are counted against
-            # rows linked - corrections once written (_check_tables).
+        if files is not None or feed in EVENT_TABLES:
+            # Event tables: the rows of the written files are checked against rows linked -
+            # corrections once written (_check_tables), which saves a pass over the stage.
             published = int(counts["rows_linked"].sum() - self.corrections[feed])
         else:
             published = self.con.execute(
@@ -969,18 +968,18 @@ class _Builder:
     def _copy(self, select: str, target: Path, *, partition: bool, name: str = "") -> None:
         target.mkdir(parents=True, exist_ok=True)
         if partition:
-            options = f"FORMAT parquet, PARTITION_BY (year), FILENAME_PATTERN 'part-{name}{{i}}'"
+            options = f"{PARQUET}, PARTITION_BY (year), FILENAME_PATTERN 'part-{name}{{i}}'"
             options += ", OVERWRITE_OR_IGNORE true"
             self.con.execute(f"COPY ({select}) TO {literal(str(target))} ({options})")
             if not any(target.iterdir()):
                 # No rows at all: one empty file with the schema, so the table still reads.
                 self.con.execute(
                     f"COPY (SELECT * EXCLUDE (year) FROM ({select}) LIMIT 0) TO "
-                    f"{literal(str(target / 'part-0.parquet'))} (FORMAT parquet)"
+                    f"{literal(str(target / 'part-0.parquet'))} ({PARQUET})"
                 )
         else:
             self.con.execute(
-                f"COPY ({select}) TO {literal(str(target / 'part-0.parquet'))} (FORMAT parquet)"
+                f"COPY ({select}) TO {literal(str(target / 'part-0.parquet'))} ({PARQUET})"
             )
 
     def _cast_select(self, table: schema.Table, source: str, *, year: str | None) -> str:
@@ -1104,7 +1103,7 @@ class _Builder:
         target = tables / "costs"
         target.mkdir(parents=True, exist_ok=True)
         options = (
-            f"FORMAT parquet, PARTITION_BY (year), FILENAME_PATTERN '{feed}-{name}{{i}}', "
+            f"{PARQUET}, PARTITION_BY (year), FILENAME_PATTERN '{feed}-{name}{{i}}', "
             "OVERWRITE_OR_IGNORE true"
         )
         select = self._cast_select(table, body, year=table.date_column)

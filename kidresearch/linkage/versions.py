@@ -15,6 +15,40 @@ A version is written into a temporary folder next to ``versions/<v>`` and rename
 ``os.replace``. A build that fails before the rename leaves the previous versions and
 ``CURRENT`` exactly as they were.
 
+Incremental monthly versions
+----------------------------
+``kid build`` adds a month to the latest earlier version ``P`` instead of rebuilding when ``P``
+was made by the same builder, key, data dictionary, unit costs and reference files, and the
+raw extracts of months <= ``P`` still have the sha256 that ``P``'s manifest lists
+(``inputs_by_month``). Otherwise (e.g. a provider re-sent an old month) it builds in full and
+the manifest and report say why (``build.reason``); ``kid build --full`` forces a full build.
+An incremental version equals a full build of the same extracts, table by table (tests
+compare them as sorted data frames, with the quarantine and the report counts):
+
+* **Register and persons** are re-derived whole from every registration and death extract
+  (small): linkage depends on the whole register.
+* **Touched records**, per event feed: every record_id with a row in a new extract, plus rows
+  that ``P`` quarantined as *not in the population register* whose person has registered
+  since (they become linkable). Their rows in *all* extracts are validated, linked and
+  deduplicated again (a later extract's row with the same record_id replaces the earlier one:
+  the reporting-lag corrections), so the latest valid row of each record is known.
+* **Dirty years**: event years holding a row that ``P`` published and that is replaced now.
+  Those year folders are rewritten whole from their raw rows.
+* **Appended rows**: rows published now that were not published in ``P``, in years that are
+  not dirty, are written as an extra file ``year=Y/part-<v>-0.parquet`` next to ``P``'s files.
+* Every other file (``year=Y/part-*.parquet`` of the events, ``costs/year=Y/<feed>-*.parquet``)
+  is **hard-linked** (``os.link``) from ``P`` into the new version's temporary folder, so each
+  version is complete and immutable on its own and ``P`` is never modified. Social care and
+  hospice costs, which run to the version's month end, are recomputed.
+* **Quarantine and counts**: ``P``'s quarantine is carried over for rows not re-staged; rows
+  per older extract are ``P``'s counts adjusted by the re-staged rows, and rows in = rows
+  linked + rows quarantined is checked for every feed and month as in a full build; the rows
+  of the written and linked files must equal rows linked - corrections.
+
+The manifest records the build mode, the previous version, the new months, the years
+rewritten and appended per feed, the rows re-linked, and each table file as ``written`` or
+``reused`` (with its sha256).
+
 Examples
 --------
 >>> import tempfile, pathlib
