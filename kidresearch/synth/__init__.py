@@ -227,7 +227,9 @@ def _in_order(
         yield pending.pop(i).result()
 
 
-def _write_reference(raw: Path, geo: Geography) -> dict[str, int]:
+def _write_reference(raw: Path, geo: Geography | None = None) -> dict[str, int]:
+    """Write the practice and LSOA tables (the worker's geography by default)."""
+    geo = geo if geo is not None else _WORKER["geo"]
     ref = raw / "reference"
     ref.mkdir(parents=True, exist_ok=True)
     names = np.array([d[0] for d in DISTRICTS])
@@ -376,6 +378,9 @@ def generate(
                 shutil.rmtree(parts / feed)
             if bar is not None:
                 bar.advance(write_task)
+        # Reference tables too are written by a worker: the parent never writes Parquet (Arrow's
+        # allocator would keep its buffers in the parent's memory).
+        file_rows |= next(_in_order(ex, _write_reference, [(raw,)], workers))
     finally:
         if ex is not None:
             ex.shutdown(cancel_futures=True)
@@ -383,7 +388,6 @@ def generate(
         shutil.rmtree(parts, ignore_errors=True)
         if bar is not None:
             bar.stop()
-    file_rows |= _write_reference(raw, geo)
 
     truth = build_truth(
         scn,
