@@ -2,7 +2,9 @@
 
 Prints (never asserts) the wall time of each full build, the median, the peak resident memory of
 each build process (``resource.getrusage`` in the child, which includes DuckDB's native memory),
-the wall time of an idempotent re-run (same inputs: a no-op), and the linkage rate per feed.
+the wall time of an idempotent re-run (same inputs: a no-op), the wall time and peak of adding one
+month incrementally (version 2026-09 built in full, then 2026-10 added to it, the default
+``kid build`` path once a KID exists) beside the full build, and the linkage rate per feed.
 Targets: at most 60 s median and 6 GB peak on 2 cores; linkage rate 98-99% per feed.
 
 Each build runs in a fresh subprocess into a fresh KID folder, so runs do not share caches other
@@ -15,6 +17,7 @@ generated once into ``--workdir`` (a few minutes).
 Usage::
 
     .venv/bin/python benchmarks/bench_build.py [--raw DIR] [--runs 3] [--workdir DIR]
+        [--skip-incremental] [--only-incremental]
 """
 
 from __future__ import annotations
@@ -33,11 +36,15 @@ _CHILD = r"""
 import json, resource, sys, time
 from kidresearch.linkage import build
 started = time.perf_counter()
-result = build(sys.argv[1], sys.argv[2], key_file=sys.argv[3], progress=False)
+version = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None
+full = len(sys.argv) > 5 and sys.argv[5] == "full"
+result = build(sys.argv[1], sys.argv[2], key_file=sys.argv[3], version=version, full=full,
+               progress=False)
 seconds = time.perf_counter() - started
 usage = resource.getrusage(resource.RUSAGE_SELF)
 peak_kib = usage.ru_maxrss
 print(json.dumps({"seconds": seconds, "peak_gib": peak_kib / 1024**2, "reused": result.reused,
+                  "build": result.report.get("build", {}),
                   "cpu_seconds": usage.ru_utime + usage.ru_stime,
                   "version": result.version, "feeds": result.report["feeds"],
                   "tables": result.row_counts}))
@@ -49,9 +56,9 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
-def _run_build(raw: Path, out: Path, key: Path) -> dict:
+def _run_build(raw: Path, out: Path, key: Path, version: str = "", mode: str = "default") -> dict:
     completed = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(raw), str(out), str(key)],
+        [sys.executable, "-c", _CHILD, str(raw), str(out), str(key), version, mode],
         check=True,
         capture_output=True,
         text=True,
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", type=Path, default=None, help="raw feeds folder (kent preset)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--skip-incremental", action="store_true")
+    parser.add_argument("--only-incremental", action="store_true")
     args = parser.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_build_"))
@@ -86,6 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     size_gib = sum(p.stat().st_size for p in raw.rglob("*.parquet")) / 1024**3
     _say(f"Raw feeds: {raw} ({size_gib:.2f} GiB of Parquet)")
 
+    incremental = None
+    if not args.skip_incremental:
+        out = workdir / "kid_incremental"
+        shutil.rmtree(out, ignore_errors=True)
+        base = _run_build(raw, out, key, "2026-09", "full")
+        _say(
+            f"  base 2026-09 (full): {base['seconds']:.1f} s wall, peak RSS "
+            f"{base['peak_gib']:.2f} GiB"
+        )
+        incremental = _run_build(raw, out, key, "2026-10")
+        how = incremental["build"]
+        _say(
+            f"  add 2026-10 ({how.get('mode')}): {incremental['seconds']:.1f} s wall, "
+            f"{incremental['cpu_seconds']:.1f} s CPU, peak RSS {incremental['peak_gib']:.2f} GiB; "
+            f"{how.get('files_written')} files written, {how.get('files_reused')} reused"
+        )
+        shutil.rmtree(out, ignore_errors=True)
+    if args.only_incremental:
+        return 0
     runs = []
     for i in range(args.runs):
         out = workdir / f"kid_{i}"
@@ -103,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = statistics.median(r["cpu_seconds"] for r in runs)
     _say("")
     _say(
-        f"kid build (kent): median {statistics.median(seconds):.1f} s over {len(runs)} runs "
+        f"kid build (kent, full): median {statistics.median(seconds):.1f} s over {len(runs)} runs "
         f"(min {min(seconds):.1f}, max {max(seconds):.1f}); target <= 60 s"
     )
     _say(
@@ -111,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         "wall time on 2 otherwise idle cores (a contention-free estimate)"
     )
     _say(f"peak resident memory: {peak:.2f} GiB; target <= 6 GB")
+    if incremental is not None:
+        _say(
+            f"one month added incrementally (2026-09 -> 2026-10): {incremental['seconds']:.1f} s "
+            f"wall ({incremental['seconds'] / statistics.median(seconds):.0%} of the full "
+            f"build), peak {incremental['peak_gib']:.2f} GiB"
+        )
     _say(
         f"idempotent re-run (same inputs, no-op: reused={noop['reused']}): {noop['seconds']:.1f} s"
     )
