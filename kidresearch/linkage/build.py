@@ -24,8 +24,9 @@ distinct NHS numbers and UPRNs):
 3. **One feed at a time**: one multi-file scan of the feed's extracts is validated against
    :mod:`kidresearch.schema` (:mod:`.validate`; the first failing check of a row is its
    quarantine reason) and linked to the register on the normalised NHS number into an
-   in-memory staging table (DuckDB spills it to ``restricted/`` beyond its memory limit, so
-   memory is bounded by the largest feed). Then:
+   in-memory staging table that carries the person's 4-byte build key, not the 32-character
+   ``person_id`` (joined only when a table is written); DuckDB spills it to ``restricted/``
+   beyond its memory limit, so memory is bounded by the largest feed. Then:
 
    * **corrections**: when a ``record_id`` comes again in a later extract the latest extract
      wins (within one extract the last row wins; earlier copies are quarantined);
@@ -35,8 +36,9 @@ distinct NHS numbers and UPRNs):
      linked + rows quarantined, and rows published = rows linked - corrections; otherwise
      :class:`~kidresearch.errors.BuildError`;
    * **publish the table** (hive partitions ``year=YYYY/part-0.parquet`` by the year of the
-     table's ``date_column``; the ``year`` column lives only in the folder name) and its
-     **costs** (``costs/year=YYYY/<feed>-0.parquet``, see :mod:`.costs`); free the staging.
+     table's ``date_column``; the ``year`` column lives only in the folder name; zstd) and
+     its **costs** (``costs/year=YYYY/<feed>-0.parquet``, see :mod:`.costs`, computed from
+     the table just written); free the staging.
 4. **Persons** from the registrations and deaths (latest practice and LSOA, birth year and
    month, registration span, death); practices and LSOAs from the reference files
    (``part-0.parquet``).
