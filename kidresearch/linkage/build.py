@@ -1162,20 +1162,25 @@ def _table_listing(
     if previous is not None:
         for info in previous[1].values():
             known.update({f["path"]: f["sha256"] for f in info["files"]})
-    listing: dict[str, dict] = {}
-    for folder in sorted(p for p in tables.iterdir() if p.is_dir()):
-        files = sorted(folder.rglob("*.parquet"))
-        rows = sum(pq.read_metadata(f).num_rows for f in files)
-        entries = []
-        for f in files:
-            relative = str(f.relative_to(tables.parent))
-            old = previous[0] / relative if previous is not None else None
-            if old is not None and relative in known and old.exists() and os.path.samefile(f, old):
-                entries.append({"path": relative, "sha256": known[relative], "status": "reused"})
-            else:
-                entries.append({"path": relative, "sha256": _sha256(f), "status": "written"})
-        listing[folder.name] = {"rows": rows, "files": entries}
-    return listing
+    folders = sorted(p for p in tables.iterdir() if p.is_dir())
+    files = {folder.name: sorted(folder.rglob("*.parquet")) for folder in folders}
+
+    def entry(f: Path) -> dict:
+        relative = str(f.relative_to(tables.parent))
+        old = previous[0] / relative if previous is not None else None
+        if old is not None and relative in known and old.exists() and os.path.samefile(f, old):
+            return {"path": relative, "sha256": known[relative], "status": "reused"}
+        return {"path": relative, "sha256": _sha256(f), "status": "written"}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # hashlib frees the GIL
+        entries = {name: list(pool.map(entry, paths)) for name, paths in files.items()}
+    return {
+        name: {
+            "rows": sum(pq.read_metadata(f).num_rows for f in paths),
+            "files": entries[name],
+        }
+        for name, paths in files.items()
+    }
 
 
 def _inputs_by_month(inputs: list[dict]) -> dict[str, dict[str, str]]:
