@@ -93,6 +93,8 @@ PSEUDONYM_HEX = 20
 #: Tables without a person and date: shared reference data, never filtered or re-keyed.
 REFERENCE = ("practices", "lsoas")
 SECRET_NAME = "proposal_secret"
+#: Folder under ``<KID>/restricted/`` caching each proposal's re-keyed population per version.
+SESSION_CACHE_DIR = "sessions"
 _ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,63}$"
 
 
@@ -923,7 +925,10 @@ class KID:
         """Store the re-keyed population once per session (``_rid`` keeps the KID's own id).
 
         Hashing every id at query time costs seconds on a Kent-sized KID; computing the
-        proposal pseudonyms once at connect keeps queries at the speed of a plain join.
+        proposal pseudonyms once at connect keeps queries at the speed of a plain join. On
+        DuckDB the result is also cached as Parquet under
+        ``<KID>/restricted/sessions/<version>/`` (see :meth:`_population_cache`), so the next
+        session of the proposal reads it instead of hashing again.
         """
         if population is None:
             return None
@@ -945,6 +950,17 @@ class KID:
         if self.backend == "duckdb":
             sql = ibis.to_sql(keyed, dialect="duckdb")
             raw = self._con.con
+            cache = self._population_cache(str(sql))
+            if cache.is_file():
+                try:
+                    raw.execute(
+                        "CREATE TABLE kid_src._population AS SELECT * FROM "
+                        f"read_parquet({_quote_literal(str(cache))})"
+                    )
+                    return self._con.table("_population", database="kid_src")
+                except duckdb.Error as exc:
+                    log.warning("%s: unreadable session cache, recomputing: %s", cache, exc)
+                    raw.execute("DROP TABLE IF EXISTS kid_src._population")
             raw.execute(f"CREATE TABLE kid_src._population AS {sql}")
             total, distinct = raw.execute(
                 "SELECT count(*), count(DISTINCT _rid) FROM kid_src._population"
@@ -955,6 +971,7 @@ class KID:
                     f"{_tables_dir(self.data, self.version) / 'persons'}: person_id is not unique "
                     f"({total - distinct} repeated ids in the population); rebuild the KID"
                 )
+            self._write_population_cache(cache)
             return self._con.table("_population", database="kid_src")
         name = "kid_src___population"
         sql = ibis.to_sql(keyed, dialect="pyspark")
@@ -962,6 +979,38 @@ class KID:
         self._spark_session.catalog.cacheTable(name)
         self._view_names.append(name)
         return self._con.table(name)
+
+    def _population_cache(self, sql: str) -> Path:
+        """Where this proposal's re-keyed population is cached for the KID version.
+
+        The name digests the population query (its filters, approved columns and the
+        proposal key, so a new secret or an edited proposal misses) and the persons files'
+        names, sizes and modification times (a rebuilt table misses).
+        """
+        digest = hashlib.sha256(sql.encode("utf-8"))
+        persons = _tables_dir(self.data, self.version) / "persons"
+        for path in sorted(persons.rglob("*.parquet")):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(persons)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        folder = self.data / "restricted" / SESSION_CACHE_DIR / self.version
+        return folder / f"{self.proposal.id}-{digest.hexdigest()[:32]}.parquet"
+
+    def _write_population_cache(self, cache: Path) -> None:
+        """Save the re-keyed population (best effort: a read-only KID just recomputes)."""
+        tmp = cache.with_name(f"tmp-{os.getpid()}-{secrets.token_hex(4)}-{cache.name}")
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._con.con.execute(
+                f"COPY kid_src._population TO {_quote_literal(str(tmp))} (FORMAT parquet)"
+            )
+            tmp.chmod(0o600)
+            os.replace(tmp, cache)
+            for stale in cache.parent.glob(f"{self.proposal.id}-*.parquet"):
+                if stale != cache:
+                    stale.unlink(missing_ok=True)
+        except (OSError, duckdb.Error) as exc:
+            tmp.unlink(missing_ok=True)
+            log.info("%s: session cache not written: %s", cache, exc)
 
     def _restricted(self, name: str, table: IbisTable, population: IbisTable | None) -> IbisTable:
         schema = RESEARCH_TABLES[name]

@@ -400,6 +400,35 @@ def test_two_proposals_see_different_ids_and_one_proposal_the_same(kid_dir: Path
         assert set(again.table("persons").to_pandas().person_id) == ours
 
 
+def test_second_session_reads_the_cached_population_with_identical_pseudonyms(
+    tmp_path: Path, proposal: Proposal
+) -> None:
+    root = write_fixture_kid(tmp_path)
+    want = sorted(expected_population().person_id.map(pseudonym))
+    with connect(proposal, root) as first:
+        assert sorted(first.table("persons").to_pandas().person_id) == want
+    caches = list((root / "restricted" / "sessions" / "2026-10").glob("frailty-test-*.parquet"))
+    assert len(caches) == 1
+    assert caches[0].stat().st_mode & 0o077 == 0  # readable by the data controller only
+    # The second session reads the cache (poison its pseudonyms to prove it does) ...
+    cached = pq.read_table(caches[0]).to_pandas()
+    cached["person_id"] = "cached-" + cached["person_id"]
+    pq.write_table(pa.Table.from_pandas(cached, preserve_index=False), caches[0])
+    with connect(proposal, root) as second:
+        assert sorted(second.table("persons").to_pandas().person_id) == [
+            "cached-" + p for p in want
+        ]
+    # ... and a new proposal secret or a rebuilt persons table misses it and recomputes.
+    (root / "restricted" / "proposal_secret").write_text("cd" * 32)
+    new_key = hmac.new(("cd" * 32).encode(), b"frailty-test", hashlib.sha256).hexdigest()
+    with connect(proposal, root) as third:
+        got = sorted(third.table("persons").to_pandas().person_id)
+    raw = expected_population().person_id
+    assert got == sorted(raw.map(lambda i: hashlib.sha256((new_key + i).encode()).hexdigest()[:20]))
+    caches = list((root / "restricted" / "sessions" / "2026-10").glob("frailty-test-*.parquet"))
+    assert len(caches) == 1  # the stale cache was replaced
+
+
 def test_reference_tables_are_not_filtered(kid: KID) -> None:
     assert len(kid.table("practices").to_pandas()) == len(frames()["practices"])
 
