@@ -2,7 +2,8 @@
 
 The work lives in the modules; each handler here is a few lines. Exit codes: 0 success, 1 an
 unexpected error, and each :mod:`kidresearch.errors` class its own code (2 scenario, 3 feed or
-build, 4 proposal, 5 access refused, 6 audit, 7 disclosure, 8 report).
+build, 4 proposal, 5 access refused, 6 audit, 7 disclosure, 8 report,
+9 analysis input).
 """
 
 from __future__ import annotations
