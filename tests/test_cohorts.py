@@ -707,3 +707,63 @@ def test_cohort_study_rejects_unknown_outcomes(programme_kid) -> None:
 
     with pytest.raises(MatchingError, match=r"Unknown outcomes \['falls'\]"):
         cohort_study(programme_kid, outcomes=["falls"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A scenario with a known NULL frailty-team effect (tests/data/null_frailty_team.yaml): the
+# matched estimates must cover no effect, where the naive comparison must not.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def null_programme_kid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The null scenario generated, keyed and built once per test run (about 30 s)."""
+    from conftest import _once
+
+    from kidresearch.linkage import build, new_key_file
+    from kidresearch.synth import generate
+
+    def make(out: Path) -> None:
+        generate(Path(__file__).parent / "data" / "null_frailty_team.yaml", out=out / "synth")
+        new_key_file(out / "pseudonymisation.key")
+        build(
+            out / "synth" / "raw",
+            out / "kid",
+            key_file=out / "pseudonymisation.key",
+            progress=False,
+        )
+
+    return _once(tmp_path_factory, "null_frailty_team", make)
+
+
+def test_null_programme_matched_estimates_cover_no_effect(null_programme_kid: Path) -> None:
+    import json
+
+    from kidresearch.access import connect
+    from kidresearch.cohorts import cohort_study
+
+    truth = json.loads((null_programme_kid / "synth" / "truth.json").read_text())
+    team = truth["programmes"]["integrated_frailty_team"]
+    assert team["realised_rate_ratio"] == 1.0 and team["att_cost_gbp_12m"] == 0.0
+    with connect(PROPOSAL, null_programme_kid / "kid", user="cohort-tests") as session:
+        study = cohort_study(
+            session,
+            programme="integrated_frailty_team",
+            outcomes=["emergency_admissions", "cost_gbp"],
+        )
+    data = study.data
+    treated, control = data[data.treated == 1], data[data.treated == 0]
+    assert len(treated) > 500
+    # Naive: Poisson rate ratio of the unmatched groups with a Wald interval on the log scale.
+    events = treated.emergency_admissions.sum(), control.emergency_admissions.sum()
+    days = treated.follow_up_days.sum(), control.follow_up_days.sum()
+    naive = (events[0] / days[0]) / (events[1] / days[1])
+    naive_low = naive * math.exp(-1.96 * math.sqrt(1 / events[0] + 1 / events[1]))
+    assert naive_low > 1.5  # enrolees are frailer: a spurious doubling or so
+    matched = study.match()
+    rate_ratio = matched.estimate("emergency_admissions", model="poisson", time="follow_up_days")
+    assert rate_ratio.covers(team["realised_rate_ratio"]), rate_ratio.to_frame()
+    cost = matched.estimate("cost_gbp")
+    assert cost.covers(team["att_cost_gbp_12m"]), cost.to_frame()
+    admissions = matched.estimate("emergency_admissions")
+    assert admissions.covers(-team["att_emergency_admissions_12m"]), admissions.to_frame()
