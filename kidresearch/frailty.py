@@ -1334,7 +1334,12 @@ class OutcomesResult:
         return self.frame.copy()
 
     def summary(self) -> pd.DataFrame:
-        """People and events per outcome and category (disclosure-checked) with the ratios."""
+        """People and events per outcome and category (disclosure-checked) with the ratios.
+
+        A ratio rests on its category's events and on the fit (reference) group's, so it is
+        blanked when either count is suppressed (all of an outcome's ratios when the fit
+        group's events are), and ``note`` says so.
+        """
         counts = self.frame[["outcome", "category", "people", "events"]]
         released = release(
             counts, counts=["people", "events"], name="efi_outcomes", policy=self.policy
@@ -1342,7 +1347,18 @@ class OutcomesResult:
         cols = ["outcome", "category", "hr", "hr_lower", "hr_upper", "published_hr", "note"]
         if "truth_hr" in self.frame:
             cols.append("truth_hr")
-        return released.merge(self.frame[cols], on=["outcome", "category"], how="left")
+        out = released.merge(self.frame[cols], on=["outcome", "category"], how="left")
+        own = out["events"].isna()
+        reference = out["outcome"].map(
+            out.loc[out["category"] == "fit"].set_index("outcome")["events"]
+        )
+        resting = (own | reference.isna()) & out[["hr", "hr_lower", "hr_upper"]].notna().any(axis=1)
+        out.loc[resting, ["hr", "hr_lower", "hr_upper"]] = np.nan
+        out.loc[resting, "note"] = [
+            "; ".join(filter(None, ["ratio blanked: an event count it rests on is suppressed", n]))
+            for n in out.loc[resting, "note"]
+        ]
+        return out
 
     def plot(self, ax: Any = None) -> Any:
         """Forest plot of hazard ratios (points, 95% CI) with the published ratios (crosses)."""

@@ -279,6 +279,36 @@ def test_outcomes_on_fake_kid_report_every_outcome(fake):
     assert result.plot() is not None
 
 
+def test_outcome_ratios_resting_on_a_suppressed_count_are_blanked():
+    # care_home: 4 events among fit people (below the default threshold of 10), so every
+    # care_home ratio vs fit rests on a suppressed count; death: only severe's 3 events are.
+    rows = []
+    for outcome, events in (("death", [40, 60, 50, 3]), ("care_home", [4, 20, 30, 25])):
+        for category, n in zip(frailty.EFI_CATEGORIES, events, strict=True):
+            hr = 1.0 if category == "fit" else 2.0
+            rows.append(
+                {
+                    "outcome": outcome,
+                    "category": category,
+                    "people": 1000,
+                    "events": n,
+                    "hr": hr,
+                    "hr_lower": 1.5,
+                    "hr_upper": 2.5,
+                    "published_hr": 2.0,
+                    "note": "",
+                }
+            )
+    result = frailty.OutcomesResult(
+        at=AT, follow_up_months=12, frame=pd.DataFrame(rows), models={}, cohort=pd.DataFrame()
+    )
+    summary = result.summary().set_index(["outcome", "category"])
+    assert summary.loc["care_home", "hr"].isna().all()
+    assert summary.loc[("death", "severe"), ["hr", "hr_lower", "hr_upper"]].isna().all()
+    assert summary.loc[("death", "mild"), "hr"] == 2.0
+    assert "suppressed" in summary.loc[("care_home", "mild"), "note"]
+
+
 def test_efi_summary_goes_through_disclosure_control(fake):
     result = frailty.efi(fake, AT)
     summary = result.summary()
