@@ -999,7 +999,8 @@ class KID:
         """Save the re-keyed population (best effort: a read-only KID just recomputes)."""
         tmp = cache.with_name(f"tmp-{os.getpid()}-{secrets.token_hex(4)}-{cache.name}")
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            cache.parent.parent.mkdir(exist_ok=True, mode=0o700)
+            cache.parent.mkdir(exist_ok=True, mode=0o700)
             self._con.con.execute(
                 f"COPY kid_src._population TO {_quote_literal(str(tmp))} (FORMAT parquet)"
             )
