@@ -370,8 +370,12 @@ class _Builder:
         self.published_rows: dict[str, int] = {}
         self.schemas: dict[str, str] = {}
         self.previous: str | None = None
+        self._hashing: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: tuple[concurrent.futures.Future, pa.ChunkedArray] | None = None
 
     def close(self) -> None:
+        if self._hashing is not None:
+            self._hashing.shutdown(cancel_futures=True)
         self.con.close()
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -562,26 +566,17 @@ class _Builder:
             cols.append("t_admission_method AS admission_method_raw")
         return ", ".join(cols)
 
-    def _pseudonymise(self, table: str, query: str, prefix: str, column: str) -> None:
-        """Create ``table(value, <column>)``: the keyed HMAC of each distinct value of ``query``.
-
-        The distinct values (about 2 million NHS numbers at Kent scale) go through Python's
-        hashlib once each; the result is joined back in DuckDB.
-        """
-        values = self.con.execute(query).to_arrow_table().column(0)
-        texts = values.cast(pa.string()).to_pylist()
-        hashed = pseudonym.hmac_hex_many(self.key, texts, prefix=prefix)
-        frame = pa.table({"value": values, column: pa.array(hashed, pa.string())})
-        self.con.register(f"{table}_arrow", frame)
-        self.con.execute(f"CREATE TABLE {table} AS SELECT * FROM {table}_arrow")
-        self.con.unregister(f"{table}_arrow")
-
     def build_register(self) -> None:
         """Population register: distinct valid NHS numbers -> integer ``pk`` -> ``person_id``.
 
         Feeds are linked on the NHS number text and carry the 4-byte ``pk``; the 32-character
         ``person_id`` (keyed HMAC, computed once per person) is joined only when a table is
         written. UPRNs -> ``household_id`` likewise.
+
+        The register (``nhs``, ``pk``) is created at once; the HMACs (about 2 million at Kent
+        scale, Python's hashlib, one core) are computed on a worker thread while DuckDB stages
+        the next feeds on the other cores, and the tables ``person_ids`` and ``households``
+        are created when first needed (:meth:`_pseudonym_tables`).
         """
         values = (
             self.con.execute(
@@ -590,25 +585,53 @@ class _Builder:
             .to_arrow_table()
             .column(0)
         )
-        hashed = pseudonym.hmac_hex_many(self.key, values.cast(pa.string()).to_pylist())
-        frame = pa.table(
-            {
-                "nhs": values,
-                "pk": pa.array(range(len(hashed)), pa.int32()),
-                "person_id": pa.array(hashed, pa.string()),
-            }
-        )
+        frame = pa.table({"nhs": values, "pk": pa.array(range(len(values)), pa.int32())})
         self.con.register("register_arrow", frame)
         self.con.execute("CREATE TABLE register AS SELECT nhs, pk FROM register_arrow")
-        self.con.execute("CREATE TABLE person_ids AS SELECT pk, person_id FROM register_arrow")
         self.con.unregister("register_arrow")
-        self._pseudonymise(
-            "households",
-            "SELECT DISTINCT uprn FROM stage_registrations "
-            "WHERE _problem IS NULL AND uprn IS NOT NULL",
-            pseudonym.HOUSEHOLD_PREFIX,
-            "household_id",
+        uprns = (
+            self.con.execute(
+                "SELECT DISTINCT uprn FROM stage_registrations "
+                "WHERE _problem IS NULL AND uprn IS NOT NULL"
+            )
+            .to_arrow_table()
+            .column(0)
         )
+        nhs_texts = values.cast(pa.string()).to_pylist()
+        uprn_texts = uprns.cast(pa.string()).to_pylist()
+        key = self.key
+
+        def hash_all() -> tuple[list[str], list[str]]:
+            return (
+                pseudonym.hmac_hex_many(key, nhs_texts),
+                pseudonym.hmac_hex_many(key, uprn_texts, prefix=pseudonym.HOUSEHOLD_PREFIX),
+            )
+
+        self._hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._pending = (self._hashing.submit(hash_all), uprns)
+
+    def _pseudonym_tables(self) -> None:
+        """Create ``person_ids(pk, person_id)`` and ``households(value, household_id)`` once
+        the worker thread of :meth:`build_register` has hashed them (waits if needed)."""
+        if self._pending is None:
+            return
+        future, uprns = self._pending
+        person_ids, household_ids = future.result()
+        self._pending = None
+        self._hashing.shutdown()
+        persons = pa.table(
+            {
+                "pk": pa.array(range(len(person_ids)), pa.int32()),
+                "person_id": pa.array(person_ids, pa.string()),
+            }
+        )
+        households = pa.table(
+            {"value": uprns, "household_id": pa.array(household_ids, pa.string())}
+        )
+        for name, frame in (("person_ids", persons), ("households", households)):
+            self.con.register(f"{name}_arrow", frame)
+            self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
+            self.con.unregister(f"{name}_arrow")
 
     # ----------------------------------------------------------- corrections
     def resolve_duplicates(self, feed: str) -> None:
@@ -1005,6 +1028,7 @@ class _Builder:
         Incremental builds write only ``years`` and/or only the rows in the table ``rows``
         (``_file``, ``_row``), into files named ``part-<name><i>.parquet``.
         """
+        self._pseudonym_tables()
         table = schema.RESEARCH_TABLES[feed]
         only = []
         if years is not None:
@@ -1039,6 +1063,7 @@ class _Builder:
         "Latest" is the greatest (registration_start, extract, row), folded into one integer
         sort key so that DuckDB's ``arg_max`` compares integers, not structs.
         """
+        self._pseudonym_tables()
         table = schema.RESEARCH_TABLES["persons"]
         registrations = self.final_rows("registrations")
         deaths = self.final_rows("deaths")
