@@ -366,6 +366,7 @@ class _Builder:
         self.counts: dict[str, pd.DataFrame] = {}
         self.reasons: list[dict] = []
         self.corrections: dict[str, int] = {}
+        self.dropped: dict[str, bool] = {}  # feed -> whether any record_id repeats
         self.table_rows: dict[str, int] = {}
         self.published_rows: dict[str, int] = {}
         self.schemas: dict[str, str] = {}
@@ -635,15 +636,30 @@ class _Builder:
 
     # ----------------------------------------------------------- corrections
     def resolve_duplicates(self, feed: str) -> None:
-        """Latest extract wins per record_id; earlier copies in the same extract are duplicates."""
+        """Latest extract wins per record_id; earlier copies in the same extract are duplicates.
+
+        A first pass keeps the 64-bit hashes of ``record_id`` that occur more than once among
+        the valid rows; when there are none (most feeds: no corrections, no duplicates) the
+        search stops there, an exact result since equal ids have equal hashes. Otherwise only
+        the rows with a repeated hash are ranked (the window is exact on ``record_id``).
+        """
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE repeated_hashes AS
+            SELECT hash(record_id) AS h FROM stage_{feed} WHERE _problem IS NULL
+            GROUP BY h HAVING count(*) > 1"""
+        )
+        repeated = self.con.execute("SELECT count(*) FROM repeated_hashes").fetchone()[0]
+        self.dropped[feed] = repeated > 0
+        which = (
+            "_problem IS NULL AND hash(record_id) IN (SELECT h FROM repeated_hashes)"
+            if repeated
+            else "FALSE"
+        )
         self.con.execute(
             f"""CREATE TABLE drop_{feed} AS
-            WITH valid AS (SELECT record_id, _file, _row, _month FROM stage_{feed}
-                           WHERE _problem IS NULL),
-            repeated AS (  -- 64-bit hash first (cheap); the window below is exact
-              SELECT v.* FROM valid v SEMI JOIN (
-                SELECT hash(record_id) AS h FROM valid GROUP BY h HAVING count(*) > 1
-              ) d ON d.h = hash(v.record_id)
+            WITH repeated AS (
+              SELECT record_id, _file, _row, _month FROM stage_{feed}
+              WHERE {which}
             ),
             ranked AS (
               SELECT *,
@@ -658,9 +674,12 @@ class _Builder:
         self.corrections[feed] = self.con.execute(
             f"SELECT count(*) FROM drop_{feed} WHERE kind = 'superseded'"
         ).fetchone()[0]
+        self.con.execute("DROP TABLE repeated_hashes")
 
     def final_rows(self, feed: str) -> str:
         """SQL of the rows of a feed that are published."""
+        if not self.dropped.get(feed, True):
+            return f"(SELECT * FROM stage_{feed} WHERE _problem IS NULL)"
         return (
             f"(SELECT s.* FROM stage_{feed} s ANTI JOIN drop_{feed} d "
             f"ON d._file = s._file AND d._row = s._row WHERE s._problem IS NULL)"
