@@ -46,6 +46,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
+from kidresearch._persons import age_on, alive_and_registered
 from kidresearch.errors import DroppedRowsWarning, KidError
 
 log = logging.getLogger(__name__)
@@ -207,26 +208,6 @@ def parse_months(value: str | int, name: str) -> int:
             return int(m.group(1)) * (12 if m.group(2) == "y" else 1)
     raise FrailtyError(
         f"The '{name}' parameter must be a positive span like '12m' or '3y'. Got {value!r} instead."
-    )
-
-
-def age_on(persons: ir.Table, at: dt.date) -> ir.IntegerValue:
-    """Age in whole years at ``at`` from birth year and month (birthday taken as the 1st)."""
-    born = persons.birth_year.cast("int32") * 12 + persons.birth_month.cast("int32") - 1
-    return ((month_index(at) - born) // 12).cast("int32")
-
-
-def alive_and_registered(persons: ir.Table, at: dt.date) -> ir.BooleanValue:
-    """Registered on ``at`` (start <= at <= end or open) and not dead on or before ``at``.
-
-    ``persons`` holds the earliest start and the latest end of a person's registrations in
-    Kent, so a gap between two registrations counts as registered.
-    """
-    lit = ibis.literal(at)
-    return (
-        (persons.registration_start <= lit)
-        & (persons.registration_end.isnull() | (persons.registration_end >= lit))
-        & (persons.date_of_death.isnull() | (persons.date_of_death > lit))
     )
 
 
