@@ -381,8 +381,3 @@ def toy_session(rows: dict[str, list[dict]]) -> ToyKID:
     """A session over hand-written rows (costs and segments tests): absent tables empty, absent
     columns defaulted, and five LSOAs (one per IMD quintile) unless ``rows`` gives ``lsoas``."""
     return ToyKID({"lsoas": _TOY_LSOAS, **rows}, defaults=_TOY_DEFAULTS)
-
-
-# The ``demo_session`` fixture lives in conftest.py; this name stays for test modules that still
-# bind ``demo_session = recipes_fake_kid.demo_session`` (frailty, risk, variation tests).
-from conftest import demo_session  # noqa: E402, F401

@@ -13,7 +13,6 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-import recipes_fake_kid
 from recipes_fake_kid import TOY_CODELIST, make_fake_kid, session_from_frames
 
 from kidresearch import frailty
@@ -22,7 +21,6 @@ from kidresearch.frailty import FrailtyError
 
 matplotlib.use("Agg")
 
-demo_session = recipes_fake_kid.demo_session  # fixture: a session on the shared demo KID
 
 AT = dt.date(2020, 6, 30)
 # One code per coded deficit, in code-list order (the shipped list has 35 coded deficits).

@@ -13,7 +13,6 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-import recipes_fake_kid
 from recipes_fake_kid import make_fake_kid, session_from_frames
 
 from kidresearch import risk
@@ -21,7 +20,6 @@ from kidresearch.risk import RiskError
 
 matplotlib.use("Agg")
 
-demo_session = recipes_fake_kid.demo_session  # fixture: a session on the shared demo KID
 
 AT = dt.date(2020, 6, 30)
 FAKE_FORMULA = (

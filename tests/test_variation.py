@@ -13,7 +13,6 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-import recipes_fake_kid
 from recipes_fake_kid import TOY_ACSC, make_fake_kid, session_from_frames
 from scipy import stats as sps
 
@@ -21,8 +20,6 @@ from kidresearch import variation
 from kidresearch.variation import VariationError
 
 matplotlib.use("Agg")
-
-demo_session = recipes_fake_kid.demo_session  # fixture: a session on the shared demo KID
 
 
 @pytest.fixture(scope="module")
