@@ -55,14 +55,20 @@ def one_run(preset: str, seed: int, out: Path) -> dict:
     phases = {}
     for (label, t0), (_, t1) in zip(marks, [*marks[1:], ("end", wall)], strict=True):
         phases[label.split(" ...")[0]] = t1 - t0
-    notebooks = []
+    notebooks = _notebook_rows(out)
+    return {"wall": wall, "phases": phases, "code": code, "notebooks": notebooks}
+
+
+def _notebook_rows(out: Path) -> list[tuple]:
+    """(proposal, notebook, status, seconds, error) of every run manifest under out/reports."""
+    rows = []
     for manifest in sorted((out / "reports").glob("*/*/manifest.json")):
         m = json.loads(manifest.read_text())
         for nb in m["notebooks"]:
-            notebooks.append(
+            rows.append(
                 (m["proposal"]["id"], nb["notebook"], nb["status"], nb["seconds"], nb["error"])
             )
-    return {"wall": wall, "phases": phases, "code": code, "notebooks": notebooks}
+    return rows
 
 
 def batch_run(kid: Path, out: Path) -> dict:
@@ -76,13 +82,7 @@ def batch_run(kid: Path, out: Path) -> dict:
         [sys.executable, "-c", code_text], cwd=ROOT, stderr=subprocess.DEVNULL
     ).returncode
     wall = time.perf_counter() - started
-    notebooks = []
-    for manifest in sorted((out / "reports").glob("*/*/manifest.json")):
-        m = json.loads(manifest.read_text())
-        for nb in m["notebooks"]:
-            notebooks.append(
-                (m["proposal"]["id"], nb["notebook"], nb["status"], nb["seconds"], nb["error"])
-            )
+    notebooks = _notebook_rows(out)
     return {
         "wall": wall,
         "phases": {"report batch (run_all)": wall},
