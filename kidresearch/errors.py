@@ -74,11 +74,27 @@ class ReportError(KidError, RuntimeError):
 class AnalysisError(KidError, ValueError):
     """Bad arguments or data for an analysis recipe; the message names the field, column or row.
 
-    Each recipe module raises its own subclass (:class:`MatchingError`, :class:`CostError`,
-    :class:`SegmentError`), so callers can catch one recipe's errors or all of them.
+    Each recipe module raises its own subclass (:class:`StatsError`, :class:`RiskError`,
+    :class:`VariationError`, :class:`MatchingError`, :class:`CostError`, :class:`SegmentError`),
+    so callers can catch one recipe's errors or all of them.
     """
 
     exit_code = 9
+
+
+class StatsError(AnalysisError):
+    """Bad input to a statistic (:mod:`kidresearch.stats`); the message names the column or
+    argument and the rows."""
+
+
+class RiskError(AnalysisError):
+    """Bad arguments or data for the risk model (:mod:`kidresearch.risk`); the message names the
+    field."""
+
+
+class VariationError(AnalysisError):
+    """Bad arguments or data for practice variation (:mod:`kidresearch.variation`); the message
+    names the field."""
 
 
 class MatchingError(AnalysisError):

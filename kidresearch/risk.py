@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from kidresearch.errors import KidError
+from kidresearch.errors import RiskError
 from kidresearch.frailty import (
     CHRONIC_DEFICITS,
     EFI_CATEGORIES,
@@ -88,10 +88,6 @@ GENERATOR_TERMS: dict[str, str] = {
 }
 TOP_SHARES: tuple[float, ...] = (0.005, 0.01, 0.05)
 Outcome = Literal["emergency_admission", "acsc_admission"]
-
-
-class RiskError(KidError, ValueError):
-    """Bad arguments or data for the risk model; the message names the field."""
 
 
 def auc(outcome: np.ndarray, score: np.ndarray) -> float:

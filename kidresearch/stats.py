@@ -36,7 +36,7 @@ import pandas as pd
 from scipy import stats as _sps
 
 from kidresearch.data import load
-from kidresearch.errors import KidError
+from kidresearch.errors import StatsError
 
 __all__ = [
     "ESP2013_BANDS",
@@ -97,12 +97,6 @@ SIGNIFICANCE_LEVELS: tuple[str, ...] = (
 
 Confidence = float | Sequence[float]
 By = str | Sequence[str] | None
-
-
-class StatsError(KidError, ValueError):
-    """Bad input to a statistic: the message names the column or argument and the rows."""
-
-    exit_code = 2
 
 
 # --------------------------------------------------------------------------------------------

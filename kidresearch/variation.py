@@ -45,7 +45,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
-from kidresearch.errors import KidError
+from kidresearch.errors import VariationError
 from kidresearch.frailty import (
     DateLike,
     KIDLike,
@@ -62,10 +62,6 @@ Expected = Literal["age_sex", "risk"]
 AGE_BAND_YEARS = 5
 TOP_AGE_BAND = 90  # 90+ is the last band, as in the 2013 European Standard Population
 DAYS_PER_YEAR = 365.25
-
-
-class VariationError(KidError, ValueError):
-    """Bad arguments or data for practice variation; the message names the field."""
 
 
 def acsc_codes(codes: pd.DataFrame | None = None) -> pd.DataFrame:
