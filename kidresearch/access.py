@@ -7,10 +7,13 @@ proposal and returns a :class:`KID` session of *restricted views*: Ibis tables o
 default) or on Spark (``backend="spark"``), built from the same Ibis expressions so an analysis
 runs unchanged on either engine.
 
-Every ``person_id`` and ``household_id`` a session exposes is re-keyed for the proposal:
-``substr(sha256(proposal_key || id), 1, 20)`` with ``proposal_key = HMAC-SHA256(secret, id)``
-and ``secret`` in ``<KID>/restricted/proposal_secret``. The same function on every table keeps
-joins working, DuckDB and Spark give identical ids, and two proposals never share ids.
+Every ``person_id`` and ``household_id`` a session exposes is re-keyed for the proposal to a
+BIGINT: the first 15 hex characters (60 bits) of ``sha256(proposal_key || id)`` read as an
+integer, with ``proposal_key = HMAC-SHA256(secret, proposal id)`` (hex), ``id`` the KID's own
+BIGINT id written in decimal, and ``secret`` in ``<KID>/restricted/proposal_secret``. The same
+function on every table keeps joins working (on integers, which is what makes Kent-scale joins
+and group-bys fast), DuckDB and Spark give identical ids, and two proposals never share ids.
+The pseudonyms are checked for uniqueness when a session's population is materialised.
 
 Anything beyond the proposal is refused with :class:`~kidresearch.errors.AccessRefused` (or
 :class:`~kidresearch.errors.ProposalError` for an invalid, expired or not-yet-valid proposal) and
@@ -87,9 +90,15 @@ __all__ = [
     "spark_session",
 ]
 
-#: Hex characters kept of the re-keyed SHA-256 (80 bits: a collision among 2 million people has
-#: probability about n^2 / 2^81, below 1e-11).
-PSEUDONYM_HEX = 20
+#: Hex characters kept of the re-keyed SHA-256, read as a BIGINT (60 bits, so always positive:
+#: a collision among n = 2 million people has probability about n^2 / 2^61, below 2e-6, and
+#: :class:`KID` refuses a population whose pseudonyms collide).
+PSEUDONYM_HEX = 15
+#: Hex characters of a household pseudonym (52 bits). ``household_id`` is often missing, and a
+#: nullable integer column reaches pandas as float64, which holds integers exactly only up to
+#: 2^53; 52 bits keep every household id exact there (collision probability for n = 800,000
+#: households about n^2 / 2^53, below 1e-4, and checked like person ids).
+HOUSEHOLD_PSEUDONYM_HEX = 13
 #: Tables without a person and date: shared reference data, never filtered or re-keyed.
 REFERENCE = ("practices", "lsoas")
 SECRET_NAME = "proposal_secret"
@@ -397,12 +406,41 @@ def proposal_key(secret: bytes, proposal_id: str) -> str:
     return hmac.new(secret, proposal_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def rekey(column: ibis.Value, key: str) -> ibis.Value:
-    """The proposal pseudonym of an id column: first 20 hex of sha256(key || id); null stays null.
+@ibis.udf.scalar.builtin(name="conv")
+def _spark_conv(value: str, from_base: int, to_base: int) -> str:  # type: ignore[empty-body]
+    """Spark's ``conv(value, from_base, to_base)`` (base conversion of a number written as text)."""
 
-    Compiles to ``sha256`` on DuckDB and ``sha2(..., 256)`` on Spark, which agree.
+
+def rekey(
+    column: ibis.Value,
+    key: str,
+    *,
+    backend: Literal["duckdb", "spark"] = "duckdb",
+    width: int | None = None,
+) -> ibis.Value:
+    """The proposal pseudonym of an integer id column, as BIGINT; null stays null.
+
+    The first ``width`` (default :data:`PSEUDONYM_HEX`) hex characters of
+    ``sha256(key || str(id))`` read as an unsigned integer. DuckDB reads the hex with a cast of
+    ``'0x' || hex``; Spark, which has no hex literals in casts, with ``conv(hex, 16, 10)``:
+    both give the same value, as does ``int(hashlib.sha256(...).hexdigest()[:15], 16)``.
+
+    Examples
+    --------
+    >>> import hashlib
+    >>> t = ibis.memtable({"id": [123, None]}, schema={"id": "int64"})
+    >>> t.select(p=rekey(t.id, "abc")).to_pyarrow()["p"].to_pylist()
+    [489225315821227144, None]
+    >>> int(hashlib.sha256(b"abc123").hexdigest()[:15], 16)
+    489225315821227144
     """
-    return (ibis.literal(key) + column.cast("string")).hexdigest("sha256").substr(0, PSEUDONYM_HEX)
+    width = PSEUDONYM_HEX if width is None else width
+    if not 1 <= width <= 15:
+        raise ValueError(f"The 'width' parameter of rekey must be 1-15 hex characters; got {width}")
+    digest = (ibis.literal(key) + column.cast("string")).hexdigest("sha256").substr(0, width)
+    if backend == "spark":
+        return _spark_conv(digest, 16, 10).cast("int64")
+    return (ibis.literal("0x") + digest).cast("int64")
 
 
 # ------------------------------------------------------------------------------- SQL guard
@@ -775,6 +813,7 @@ class KID:
             raise ValueError(
                 f"The 'backend' parameter of connect must be 'duckdb' or 'spark'; got {backend!r}"
             )
+        self._check_id_types(tables_dir)
         src = self._src
         population = self._materialise_population(self._population(src))
         for name in sorted(needed):
@@ -805,6 +844,27 @@ class KID:
                 ) from exc
             self._src[name] = con.table(name, database="kid_src")
         return con
+
+    def _check_id_types(self, tables_dir: Path) -> None:
+        """Refuse a KID version whose person or household ids are not integers.
+
+        KIDs built before ids became 63-bit integers hold 32-hex-character string ids; every
+        join would fail later with a type error deep inside a query, so say it here.
+        """
+        for name, table in sorted(self._src.items()):
+            schema = RESEARCH_TABLES[name]
+            id_columns = [schema.person_column] if schema.person_column else []
+            if name == "persons":
+                id_columns.append("household_id")
+            for column in id_columns:
+                dtype = table.schema()[column]
+                if not dtype.is_integer():
+                    raise BuildError(
+                        f"{tables_dir / name}: column '{column}' of table '{name}' holds {dtype} "
+                        f"values; expected integer (BIGINT) ids. KID version {self.version} was "
+                        "built by an older kidresearch, before person and household ids became "
+                        "63-bit integers: rebuild the KID with `kid build --full`."
+                    )
 
     def _harden_duckdb(self, tables_dir: Path) -> None:
         # The views read Parquet at query time, so the tables folder stays readable; everything
@@ -937,16 +997,31 @@ class KID:
         )
         # Only what the session can show is kept (and hashed: each re-keyed column of 2 million
         # people costs seconds of CPU).
+        backend = self.backend
         columns: dict[str, ibis.Value] = {
             "_rid": population.person_id,
-            "person_id": rekey(population.person_id, self._key),
+            "person_id": rekey(population.person_id, self._key, backend=backend),
         }
+        households = "household_id" in approved
+        if households:
+            # The KID's own household id, kept (never shown) to check the pseudonyms are unique.
+            columns["_hid"] = population.household_id
         for name in approved:
             if name == "household_id":
-                columns[name] = rekey(population.household_id, self._key)
+                columns[name] = rekey(
+                    population.household_id,
+                    self._key,
+                    backend=backend,
+                    width=HOUSEHOLD_PSEUDONYM_HEX,
+                )
             elif name != "person_id":
                 columns[name] = population[name]
         keyed = population.select(**columns)
+        counts_sql = (
+            "SELECT count(*), count(DISTINCT _rid), count(DISTINCT person_id)"
+            + (", count(DISTINCT _hid), count(DISTINCT household_id)" if households else "")
+            + " FROM {table}"
+        )
         if self.backend == "duckdb":
             sql = ibis.to_sql(keyed, dialect="duckdb")
             raw = self._con.con
@@ -962,15 +1037,9 @@ class KID:
                     log.warning("%s: unreadable session cache, recomputing: %s", cache, exc)
                     raw.execute("DROP TABLE IF EXISTS kid_src._population")
             raw.execute(f"CREATE TABLE kid_src._population AS {sql}")
-            total, distinct = raw.execute(
-                "SELECT count(*), count(DISTINCT _rid) FROM kid_src._population"
-            ).fetchone()
-            if total != distinct:
-                # A repeated person_id would repeat every event of that person in each join.
-                raise BuildError(
-                    f"{_tables_dir(self.data, self.version) / 'persons'}: person_id is not unique "
-                    f"({total - distinct} repeated ids in the population); rebuild the KID"
-                )
+            self._check_unique(
+                raw.execute(counts_sql.format(table="kid_src._population")).fetchone()
+            )
             self._write_population_cache(cache)
             return self._con.table("_population", database="kid_src")
         name = "kid_src___population"
@@ -978,7 +1047,43 @@ class KID:
         self._spark_session.sql(f"CREATE OR REPLACE TEMPORARY VIEW `{name}` AS {sql}")
         self._spark_session.catalog.cacheTable(name)
         self._view_names.append(name)
+        self._check_unique(tuple(self._spark_session.sql(counts_sql.format(table=name)).first()))
         return self._con.table(name)
+
+    def _check_unique(self, counts: Sequence[int]) -> None:
+        """Refuse a population whose ids repeat or whose proposal pseudonyms collide.
+
+        ``counts`` is (rows, distinct KID person ids, distinct person pseudonyms[, distinct KID
+        household ids, distinct household pseudonyms]).
+        """
+        persons = _tables_dir(self.data, self.version) / "persons"
+        total, ids, pseudonyms = counts[:3]
+        if total != ids:
+            # A repeated person_id would repeat every event of that person in each join.
+            raise BuildError(
+                f"{persons}: person_id is not unique ({total - ids} repeated ids in the "
+                "population); rebuild the KID"
+            )
+        problems = []
+        if pseudonyms != ids:
+            problems.append(
+                f"person_id: {ids:,} people but {pseudonyms:,} distinct pseudonyms "
+                f"({PSEUDONYM_HEX * 4}-bit)"
+            )
+        if len(counts) == 5 and counts[3] != counts[4]:
+            problems.append(
+                f"household_id: {counts[3]:,} households but {counts[4]:,} distinct pseudonyms "
+                f"({HOUSEHOLD_PSEUDONYM_HEX * 4}-bit)"
+            )
+        if problems:
+            # Two people (or households) would be merged into one in every join and count.
+            raise BuildError(
+                f"{persons}: the proposal pseudonyms of proposal {self.proposal.id} collide ("
+                + "; ".join(problems)
+                + "). This is a rare chance event of the proposal key: ask the data team to "
+                f"replace {self.data / 'restricted' / SECRET_NAME} (a new secret re-keys every "
+                "proposal) and reconnect."
+            )
 
     def _population_cache(self, sql: str) -> Path:
         """Where this proposal's re-keyed population is cached for the KID version.

@@ -30,6 +30,10 @@ LSOA_DISTRICT = {
 #: SNOMED codes used for gp_events (two "eFI deficit" codes, one other).
 FALLS_CODE, DIZZINESS_CODE, OTHER_CODE = "161898004", "404640003", "271737000"
 N_PERSONS = 80
+#: Raw KID ids are 63-bit integers (truncated HMAC-SHA256); the fixture's sit near the top of
+#: the range so a lossy conversion (e.g. through float64) would show.
+PERSON_ID_BASE = (1 << 62) + 12_345
+HOUSEHOLD_ID_BASE = (1 << 61) + 678
 
 
 def _write(frame: pd.DataFrame, name: str, tables_dir: Path) -> None:
@@ -55,7 +59,7 @@ def frames(seed: int = 7) -> dict[str, pd.DataFrame]:
     """The research tables of the fixture KID as pandas frames (raw person ids)."""
     rng = np.random.default_rng(seed)
     n = N_PERSONS
-    person_id = [f"{i:064x}" for i in range(1, n + 1)]
+    person_id = [PERSON_ID_BASE + 7919 * i for i in range(1, n + 1)]
     lsoas = list(LSOA_DISTRICT)
     # Ages at 2024-04-01 spread over 20-99; birth months all 1-12.
     birth_year = rng.integers(1925, 2004, n)
@@ -66,7 +70,9 @@ def frames(seed: int = 7) -> dict[str, pd.DataFrame]:
     persons = pd.DataFrame(
         {
             "person_id": person_id,
-            "household_id": [f"h{i // 2:05d}" if i % 5 else None for i in range(n)],
+            "household_id": pd.array(
+                [HOUSEHOLD_ID_BASE + i // 2 if i % 5 else None for i in range(n)], dtype="Int64"
+            ),
             "sex": np.where(np.arange(n) % 2 == 0, "F", "M"),
             "birth_year": birth_year.astype("int16"),
             "birth_month": (np.arange(n) % 12 + 1).astype("int8"),

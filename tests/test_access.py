@@ -85,10 +85,17 @@ def refusals(kid_dir: Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------ reference implementation
-def pseudonym(raw_id: str, proposal_id: str = "frailty-test") -> str:
-    """sha256(HMAC-SHA256(secret, proposal id) hex || id), first 20 hex characters."""
-    key = hmac.new(SECRET, proposal_id.encode(), hashlib.sha256).hexdigest()
-    return hashlib.sha256((key + raw_id).encode()).hexdigest()[:20]
+def pseudonym(
+    raw_id: int, proposal_id: str = "frailty-test", *, secret: bytes = SECRET, hex_chars: int = 15
+) -> int:
+    """sha256(HMAC-SHA256(secret, proposal id) hex || decimal id), first 15 hex as an integer."""
+    key = hmac.new(secret, proposal_id.encode(), hashlib.sha256).hexdigest()
+    return int(hashlib.sha256((key + str(int(raw_id))).encode()).hexdigest()[:hex_chars], 16)
+
+
+def household_pseudonym(raw_id: int, proposal_id: str = "frailty-test") -> int:
+    """Households keep 13 hex characters (52 bits: exact in float64)."""
+    return pseudonym(raw_id, proposal_id, hex_chars=13)
 
 
 def expected_population(
@@ -335,16 +342,73 @@ def test_repeated_person_id_is_a_build_error_not_repeated_events(
         connect(Proposal.model_validate(proposal_dict(population={})), root)
 
 
+def test_kid_with_string_ids_asks_for_a_full_rebuild(tmp_path: Path, proposal: Proposal) -> None:
+    # A KID built before ids became integers holds 32-hex-character person ids.
+    root = write_fixture_kid(tmp_path)
+    persons = frames()["persons"]
+    old = persons.assign(
+        person_id=[f"{i:032x}" for i in persons.person_id],
+        household_id=[None if pd.isna(h) else f"{h:032x}" for h in persons.household_id],
+    )
+    schema = RESEARCH_TABLES["persons"].arrow_schema()
+    for i in (schema.get_field_index("person_id"), schema.get_field_index("household_id")):
+        schema = schema.set(i, schema.field(i).with_type(pa.string()))
+    path = root / "versions" / "2026-10" / "tables" / "persons" / "part-0.parquet"
+    pq.write_table(pa.Table.from_pandas(old, schema=schema, preserve_index=False), path)
+    with pytest.raises(BuildError) as err:
+        connect(proposal, root)
+    message = str(err.value)
+    assert "tables/persons: column 'person_id' of table 'persons'" in message
+    assert "expected integer (BIGINT) ids" in message and "`kid build --full`" in message
+
+
+def test_colliding_pseudonyms_are_refused_naming_the_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kidresearch.access as access
+
+    root = write_fixture_kid(tmp_path)
+    prop = Proposal.model_validate(proposal_dict(population={}))
+    persons = expected_population(min_age=0, districts=tuple(set(LSOA_DISTRICT.values())))
+    # Narrowed to 1 hex character (16 values), 80 people must collide; the reference
+    # implementation gives the expected number of distinct pseudonyms.
+    monkeypatch.setattr(access, "PSEUDONYM_HEX", 1)
+    distinct = persons.person_id.map(lambda i: pseudonym(i, hex_chars=1)).nunique()
+    assert distinct < len(persons)
+    with pytest.raises(BuildError, match="pseudonyms of proposal frailty-test collide") as err:
+        connect(prop, root)
+    assert f"person_id: {len(persons)} people but {distinct} distinct pseudonyms (4-bit)" in str(
+        err.value
+    )
+    assert "proposal_secret" in str(err.value)
+    # Households are checked too (person ids at full width, households narrowed to 1 hex).
+    monkeypatch.setattr(access, "PSEUDONYM_HEX", 15)
+    monkeypatch.setattr(access, "HOUSEHOLD_PSEUDONYM_HEX", 1)
+    households = persons.household_id.dropna()
+    distinct = households.map(lambda h: pseudonym(h, hex_chars=1)).nunique()
+    with pytest.raises(BuildError, match="household_id") as err:
+        connect(prop, root)
+    assert f"{households.nunique()} households but {distinct} distinct" in str(err.value)
+    assert "person_id:" not in str(err.value)
+    # Nothing was cached from the refused sessions.
+    assert not list((root / "restricted" / "sessions").rglob("*.parquet"))
+
+
 # ------------------------------------------------------------------ restriction
 def test_persons_are_the_population_with_approved_columns_and_proposal_pseudonyms(kid: KID) -> None:
     got = kid.table("persons").to_pandas()
     assert list(got.columns) == ["person_id", "household_id", "sex", "birth_year", "practice_code"]
     want = expected_population()
     assert len(want) > 5  # the fixture must exercise the filter
+    assert got.person_id.dtype == "int64"
     assert sorted(got.person_id) == sorted(want.person_id.map(pseudonym))
-    want_households = want.household_id.dropna().map(pseudonym)
-    assert sorted(got.household_id.dropna()) == sorted(want_households)
+    want_households = want.household_id.dropna().map(household_pseudonym)
+    # A nullable integer column reaches pandas as float64; 52-bit pseudonyms stay exact there.
+    assert sorted(got.household_id.dropna().astype("int64")) == sorted(want_households)
     assert got.household_id.isna().sum() == want.household_id.isna().sum()
+    arrow = kid.table("persons").to_pyarrow()
+    assert arrow.schema.field("person_id").type == pa.int64()
+    assert arrow.schema.field("household_id").type == pa.int64()
 
 
 def test_event_tables_hold_only_population_events_in_the_study_period(kid: KID) -> None:
@@ -412,19 +476,16 @@ def test_second_session_reads_the_cached_population_with_identical_pseudonyms(
     assert caches[0].stat().st_mode & 0o077 == 0  # readable by the data controller only
     # The second session reads the cache (poison its pseudonyms to prove it does) ...
     cached = pq.read_table(caches[0]).to_pandas()
-    cached["person_id"] = "cached-" + cached["person_id"]
+    cached["person_id"] = -cached["person_id"]
     pq.write_table(pa.Table.from_pandas(cached, preserve_index=False), caches[0])
     with connect(proposal, root) as second:
-        assert sorted(second.table("persons").to_pandas().person_id) == [
-            "cached-" + p for p in want
-        ]
+        assert sorted(second.table("persons").to_pandas().person_id) == sorted(-p for p in want)
     # ... and a new proposal secret or a rebuilt persons table misses it and recomputes.
     (root / "restricted" / "proposal_secret").write_text("cd" * 32)
-    new_key = hmac.new(("cd" * 32).encode(), b"frailty-test", hashlib.sha256).hexdigest()
     with connect(proposal, root) as third:
         got = sorted(third.table("persons").to_pandas().person_id)
     raw = expected_population().person_id
-    assert got == sorted(raw.map(lambda i: hashlib.sha256((new_key + i).encode()).hexdigest()[:20]))
+    assert got == sorted(raw.map(lambda i: pseudonym(i, secret=("cd" * 32).encode())))
     caches = list((root / "restricted" / "sessions" / "2026-10").glob("frailty-test-*.parquet"))
     assert len(caches) == 1  # the stale cache was replaced
 
@@ -455,8 +516,8 @@ def test_to_pandas_logs_rows_and_log_holds_no_row_data(kid: KID) -> None:
     entry = AuditLog(kid.data).read()[-1]
     assert entry["action"] == "fetch" and entry["rows"] == len(frame) > 0
     text = (kid.data / "audit" / "audit.log").read_text()
-    assert not any(pid in text for pid in frame.person_id)
-    assert not any(pid in text for pid in frames()["persons"].person_id)
+    assert not any(str(pid) in text for pid in frame.person_id)
+    assert not any(str(pid) in text for pid in frames()["persons"].person_id)
 
 
 def test_every_materialisation_is_logged_once_with_its_rows(kid: KID) -> None:
@@ -681,7 +742,8 @@ def test_demo_kid_opens_for_every_example_proposal(
             assert session.tables()
             persons = session.table("persons").to_pandas()
             assert len(persons) > 0
-            assert persons.person_id.str.fullmatch(r"[0-9a-f]{20}").all()
+            assert persons.person_id.dtype == "int64"
+            assert persons.person_id.between(0, 2**60 - 1).all()  # 15 hex characters
             assert persons.person_id.is_unique
     assert verify(built_demo_kid).ok
 
