@@ -611,9 +611,10 @@ RAW_FEEDS: dict[str, Table] = {t.name: t for t in _RAW}
 # --------------------------------------------------------------------------------------------
 PERSON_ID = _c(
     "person_id",
-    "string",
-    "Pseudonymous person id: a keyed HMAC-SHA256 of the NHS number (hex). Within a proposal it "
-    "is re-keyed with the proposal's own key, so two proposals never see the same ids.",
+    "int64",
+    "Pseudonymous person id: a 63-bit integer from a keyed HMAC-SHA256 of the NHS number. "
+    "Within a proposal it is re-keyed with the proposal's own key, so two proposals never see "
+    "the same ids.",
 )
 _RESEARCH_LAG = (
     " Rows arrive with a 1-2 month reporting lag, so the most recent months are incomplete "
@@ -652,8 +653,9 @@ _RESEARCH: list[Table] = [
             PERSON_ID,
             _c(
                 "household_id",
-                "string",
-                "Pseudonymous household id (keyed hash of the UPRN); missing when no UPRN was sent.",
+                "int64",
+                "Pseudonymous household id (63-bit integer from a keyed HMAC of the UPRN); missing "
+                "when no UPRN was sent.",
                 required=False,
             ),
             _c("sex", "string", "Sex.", allowed=SEXES),

@@ -15,7 +15,7 @@ from test_linkage_fixture import LSOAS, MONTHS, PRACTICES, Planted, write_raw
 
 from kidresearch.errors import BuildError, FeedError
 from kidresearch.linkage import build, current_version, list_versions, new_key_file
-from kidresearch.linkage.pseudonym import hmac_hex, read_key
+from kidresearch.linkage.pseudonym import pseudonym_int, read_key
 from kidresearch.linkage.quarantine import read_quarantine
 from kidresearch.schema import RAW_FEEDS, RESEARCH_TABLES
 
@@ -121,7 +121,7 @@ def test_corrections_latest_extract_wins(built) -> None:
         assert feeds[feed]["corrections_applied"] == expected, feed
         assert feeds[feed]["rows_published"] == feeds[feed]["rows_linked"] - expected
     persons = _table(kid, result.version, "persons").set_index("person_id")
-    person0 = persons.loc[hmac_hex(read_key(key), planted.nhs_by_person[0])]
+    person0 = persons.loc[pseudonym_int(read_key(key), planted.nhs_by_person[0])]
     # The registration of person 0 was resent in the last extract with a new practice/LSOA.
     assert (person0.practice_code, person0.lsoa_code) == (PRACTICES[2], LSOAS[3])
     for name in RESEARCH_TABLES:
@@ -161,7 +161,7 @@ def test_no_direct_identifier_or_key_reaches_versions_or_reports(built) -> None:
 def test_same_person_same_pseudonym_across_feeds(built) -> None:
     planted, kid, key_path, result = built
     key = read_key(key_path)
-    expected = {hmac_hex(key, digits) for digits in planted.nhs_by_person.values()}
+    expected = {pseudonym_int(key, digits) for digits in planted.nhs_by_person.values()}
     persons = _table(kid, result.version, "persons")
     assert set(persons.person_id) == expected
     for name in ("gp_events", "prescriptions", "inpatient_spells", "costs"):
@@ -169,7 +169,7 @@ def test_same_person_same_pseudonym_across_feeds(built) -> None:
     # Persons 3 and 5 died; their deaths carried NHS numbers in another format than their
     # registrations, and still land on the same person.
     died = set(persons.loc[persons.date_of_death.notna(), "person_id"])
-    assert died == {hmac_hex(key, planted.nhs_by_person[p]) for p in (3, 5)}
+    assert died == {pseudonym_int(key, planted.nhs_by_person[p]) for p in (3, 5)}
 
 
 def test_different_keys_give_disjoint_person_ids(built, tmp_path) -> None:
@@ -185,6 +185,26 @@ def test_different_keys_give_disjoint_person_ids(built, tmp_path) -> None:
     assert not households_a & households_b
 
 
+def test_two_nhs_numbers_with_one_id_stop_the_build(tmp_path, monkeypatch) -> None:
+    """A pseudonym collision must never merge two people: with the ids narrowed to 4 bits
+    (16 values) the planted people (more than 16) must collide, and the build must refuse."""
+    from collections import Counter
+
+    from kidresearch.linkage import pseudonym
+
+    planted = write_raw(tmp_path / "raw")
+    key_path = new_key_file(tmp_path / "kid.key")
+    monkeypatch.setattr(pseudonym, "ID_BITS", 4)
+    key = read_key(key_path)
+    # Expected count from the plain-hmac reference: NHS numbers whose 4-bit id is shared.
+    ids = Counter(pseudonym_int(key, n) for n in set(planted.nhs_by_person.values()))
+    shared = sum(n for n in ids.values() if n > 1)
+    assert len(planted.nhs_by_person) > 16 and shared > 0
+    with pytest.raises(BuildError, match=rf"^{shared} distinct NHS numbers .*`kid key new"):
+        build(tmp_path / "raw", tmp_path / "kid", key_file=key_path)
+    assert list_versions(tmp_path / "kid") == [] and current_version(tmp_path / "kid") is None
+
+
 # ------------------------------------------------------------------------- persons, layout
 def test_persons_coarsen_birth_and_link_households(built) -> None:
     planted, kid, key_path, result = built
@@ -193,9 +213,9 @@ def test_persons_coarsen_birth_and_link_households(built) -> None:
     for p, digits in planted.nhs_by_person.items():
         k = p if p < 40 else (p - 40) % 4  # index within its registration extract
         born = date(1930 + k % 60, 1 + k % 12, 1 + k % 28)
-        row = persons.loc[hmac_hex(key, digits)]
+        row = persons.loc[pseudonym_int(key, digits)]
         assert (row.birth_year, row.birth_month) == (born.year, born.month)
-        assert row.household_id == hmac_hex(key, f"uprn:{100060000000 + p // 2}")
+        assert row.household_id == pseudonym_int(key, f"uprn:{100060000000 + p // 2}")
         assert pd.isna(row.registration_end)
     shared = persons.groupby("household_id").size()
     assert shared.max() == 2

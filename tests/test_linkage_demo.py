@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kidresearch.linkage import current_version, read_quarantine
-from kidresearch.linkage.pseudonym import hmac_hex, read_key
+from kidresearch.linkage.pseudonym import pseudonym_int, read_key
 from kidresearch.schema import RAW_FEEDS, RESEARCH_TABLES
 
 # truth.json name of an NHS number problem -> the quarantine reason kid build gives it.
@@ -128,8 +128,10 @@ def test_demo_kid_holds_no_identifier_or_key(demo, demo_kid, demo_synth, demo_ke
         f"FROM read_parquet('{demo_synth}/raw/registrations/*.parquet') LIMIT 2000"
     ).df()["n"]
     persons = pd.read_parquet(version_dir / "tables" / "persons")
-    assert not set(raw_numbers) & set(persons.person_id)
-    expected = {hmac_hex(key, n) for n in raw_numbers}
+    assert persons.person_id.dtype == "int64"
+    assert pd.api.types.is_integer_dtype(persons.household_id.dtype)
+    assert not set(raw_numbers.astype("int64")) & set(persons.person_id)
+    expected = {pseudonym_int(key, n) for n in raw_numbers}
     assert expected <= set(persons.person_id)
 
 

@@ -24,7 +24,7 @@ distinct NHS numbers and UPRNs):
 3. **One feed at a time**: one multi-file scan of the feed's extracts is validated against
    :mod:`kidresearch.schema` (:mod:`.validate`; the first failing check of a row is its
    quarantine reason) and linked to the register on the normalised NHS number into an
-   in-memory staging table that carries the person's 4-byte build key, not the 32-character
+   in-memory staging table that carries the person's 4-byte build key, not the 8-byte
    ``person_id`` (joined only when a table is written); DuckDB spills it to ``restricted/``
    beyond its memory limit, so memory is bounded by the largest feed. Then:
 
@@ -67,6 +67,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -92,11 +93,11 @@ from kidresearch.linkage.validate import (
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 _FILE_NAME = re.compile(r"^(?P<feed>[a-z_]+)_(?P<month>\d{4}-\d{2})\.(?P<ext>parquet|csv)$")
 _MEMORY_LIMIT = os.environ.get("KID_BUILD_MEMORY_LIMIT", "4GB")
 # zstd level 1: at Kent scale both faster to write than DuckDB's default snappy and about 2.5x
-# smaller (the 32-hex person_id compresses well); DuckDB, Spark, pandas and R read it.
+# smaller; DuckDB, Spark, pandas and R read it.
 PARQUET = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
 EVENT_TABLES = tuple(
     name
@@ -570,7 +571,7 @@ class _Builder:
     def build_register(self) -> None:
         """Population register: distinct valid NHS numbers -> integer ``pk`` -> ``person_id``.
 
-        Feeds are linked on the NHS number text and carry the 4-byte ``pk``; the 32-character
+        Feeds are linked on the NHS number text and carry the 4-byte ``pk``; the 64-bit
         ``person_id`` (keyed HMAC, computed once per person) is joined only when a table is
         written. UPRNs -> ``household_id`` likewise.
 
@@ -602,10 +603,10 @@ class _Builder:
         uprn_texts = uprns.cast(pa.string()).to_pylist()
         key = self.key
 
-        def hash_all() -> tuple[list[str], list[str]]:
+        def hash_all() -> tuple[np.ndarray, np.ndarray]:
             return (
-                pseudonym.hmac_hex_many(key, nhs_texts),
-                pseudonym.hmac_hex_many(key, uprn_texts, prefix=pseudonym.HOUSEHOLD_PREFIX),
+                pseudonym.pseudonym_ints(key, nhs_texts),
+                pseudonym.pseudonym_ints(key, uprn_texts, prefix=pseudonym.HOUSEHOLD_PREFIX),
             )
 
         self._hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
@@ -620,15 +621,16 @@ class _Builder:
         person_ids, household_ids = future.result()
         self._pending = None
         self._hashing.shutdown()
+        # Distinct NHS numbers (UPRNs) must get distinct ids, or two people would merge.
+        pseudonym.check_distinct(person_ids, "NHS numbers in the population register")
+        pseudonym.check_distinct(household_ids, "UPRNs")
         persons = pa.table(
             {
                 "pk": pa.array(range(len(person_ids)), pa.int32()),
-                "person_id": pa.array(person_ids, pa.string()),
+                "person_id": pa.array(person_ids, pa.int64()),
             }
         )
-        households = pa.table(
-            {"value": uprns, "household_id": pa.array(household_ids, pa.string())}
-        )
+        households = pa.table({"value": uprns, "household_id": pa.array(household_ids, pa.int64())})
         for name, frame in (("person_ids", persons), ("households", households)):
             self.con.register(f"{name}_arrow", frame)
             self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
