@@ -55,11 +55,14 @@ def write_kent_sized_kid(root: Path, seed: int = 1) -> Path:
     tables = root / "versions" / "2026-10" / "tables"
     practice_codes = np.array([f"G8{i:04d}" for i in range(PRACTICES)])
     lsoa_codes = np.array([f"E01{i:06d}" for i in range(1270)])
-    person_id = np.char.mod("%064x", np.arange(1, PEOPLE + 1))
+    # KID person ids are 63-bit integers (truncated HMAC-SHA256); spread over the range.
+    person_id = rng.integers(0, 2**63 - 1, PEOPLE, dtype=np.int64)
+    while len(np.unique(person_id)) < PEOPLE:
+        person_id = rng.integers(0, 2**63 - 1, PEOPLE, dtype=np.int64)
     persons = pd.DataFrame(
         {
             "person_id": person_id,
-            "household_id": np.char.mod("h%010d", rng.integers(0, 800_000, PEOPLE)),
+            "household_id": (1 << 40) + rng.integers(0, 800_000, PEOPLE),
             "sex": rng.choice(["F", "M"], PEOPLE),
             "birth_year": rng.integers(1920, 2026, PEOPLE).astype("int16"),
             "birth_month": rng.integers(1, 13, PEOPLE).astype("int8"),

@@ -8,10 +8,10 @@ given (or missing in a frame) take :data:`TOY_DEFAULTS` (or ``defaults``), else 
 
 Examples
 --------
->>> kid = toy_kid({"persons": [{"person_id": "a", "birth_year": 1950}]})
+>>> kid = toy_kid({"persons": [{"person_id": 1, "birth_year": 1950}]})
 >>> kid.to_pandas(kid.table("persons"))[["person_id", "sex", "practice_code"]]
   person_id sex practice_code
-0         a   F        G80001
+0          1   F        G80001
 >>> kid.table("costs").count().execute()
 0
 """
@@ -165,8 +165,8 @@ class ToyKID:
 
         Examples
         --------
-        >>> toy_kid({"persons": [{"person_id": "a"}]}).to_pandas("persons").person_id.tolist()
-        ['a']
+        >>> toy_kid({"persons": [{"person_id": 1}]}).to_pandas("persons").person_id.tolist()
+        [1]
         """
         if isinstance(expr, str):
             expr = self.table(expr)
@@ -203,7 +203,7 @@ def toy_kid(
 
     Examples
     --------
-    >>> kid = toy_kid({"costs": [{"person_id": "a", "activity_date": dt.date(2024, 5, 1),
+    >>> kid = toy_kid({"costs": [{"person_id": 1, "activity_date": dt.date(2024, 5, 1),
     ...                           "service_line": "ae", "cost_gbp": 148.0}]})
     >>> kid.table("costs").cost_gbp.sum().execute()
     148.0
@@ -214,8 +214,8 @@ def toy_kid(
 def toy_programme_kid() -> ToyKID:
     """Twelve people aged 70-79 in one LSOA, three enrolled in the integrated frailty team.
 
-    Women and men alternate (``p0`` is a woman born in January 1954); ``p0``, ``p1`` and ``p2``
-    enrol on 1 March 2024 and ``p0`` has an emergency admission on 2 May 2024 (cost GBP 3,000).
+    Person ids are 0-11; women and men alternate (person 0 is a woman born in January 1954);
+    persons 0, 1 and 2 enrol on 1 March 2024 and person 0 has an emergency admission on 2 May 2024 (cost GBP 3,000).
     For the examples of :mod:`kidresearch.cohorts`.
 
     Returns
@@ -232,13 +232,12 @@ def toy_programme_kid() -> ToyKID:
     return toy_kid(
         {
             "persons": [
-                {"person_id": f"p{i}", "birth_year": 1954 - i % 10, "sex": "FM"[i % 2]}
-                for i in range(12)
+                {"person_id": i, "birth_year": 1954 - i % 10, "sex": "FM"[i % 2]} for i in range(12)
             ],
             "lsoas": [TOY_LSOA],
             "programme_enrolments": [
                 {
-                    "person_id": f"p{i}",
+                    "person_id": i,
                     "programme": "integrated_frailty_team",
                     "enrolment_date": dt.date(2024, 3, 1),
                     "provider": "KCHFT",
@@ -247,7 +246,7 @@ def toy_programme_kid() -> ToyKID:
             ],
             "inpatient_spells": [
                 {
-                    "person_id": "p0",
+                    "person_id": 0,
                     "provider_code": "RVV",
                     "admission_date": admitted,
                     "discharge_date": admitted + dt.timedelta(days=2),
@@ -260,7 +259,7 @@ def toy_programme_kid() -> ToyKID:
             ],
             "costs": [
                 {
-                    "person_id": "p0",
+                    "person_id": 0,
                     "activity_date": admitted,
                     "service_line": "acute_emergency",
                     "cost_gbp": 3000.0,
@@ -301,7 +300,7 @@ def toy_person_costs(people: int = 200, *, seed: int = 1) -> Any:
     practice = np.where(np.arange(people) % 2 == 0, "G80001", "G80002")
     frame = pd.DataFrame(
         {
-            "person_id": [f"p{i}" for i in range(people)],
+            "person_id": np.arange(people, dtype=np.int64),
             "sex": np.where(np.arange(people) % 3 == 0, "M", "F"),
             "age": rng.integers(50, 90, people),
             "practice_code": practice,
@@ -327,7 +326,7 @@ def toy_person_costs(people: int = 200, *, seed: int = 1) -> Any:
 def toy_panel_kid() -> ToyKID:
     """Forty people in four practices with GP costs in 2022-2024 rising by GBP 10 a year.
 
-    Person ``p<i>`` (born 1940 + i, practice ``G8000<i mod 4>``) costs 100 + 10 x (year -
+    Person ``i`` (born 1940 + i, practice ``G8000<i mod 4>``) costs 100 + 10 x (year -
     2022) + 5 x (i mod 4) + i pounds each year, so every practice's mean cost per person rises
     by exactly GBP 10 a year. For the examples of :func:`kidresearch.costs.panel`.
 
@@ -345,12 +344,12 @@ def toy_panel_kid() -> ToyKID:
     return toy_kid(
         {
             "persons": [
-                {"person_id": f"p{i}", "birth_year": 1940 + i, "practice_code": f"G8000{i % 4}"}
+                {"person_id": i, "birth_year": 1940 + i, "practice_code": f"G8000{i % 4}"}
                 for i in range(40)
             ],
             "costs": [
                 {
-                    "person_id": f"p{i}",
+                    "person_id": i,
                     "activity_date": dt.date(year, 6, 1),
                     "service_line": "gp",
                     "cost_gbp": 100.0 + 10 * (year - 2022) + 5 * (i % 4) + i,

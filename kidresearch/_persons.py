@@ -14,11 +14,11 @@ Examples
 --------
 >>> from kidresearch._examples import toy_kid
 >>> kid = toy_kid({"persons": [
-...     {"person_id": "a", "birth_year": 1950, "birth_month": 6},
-...     {"person_id": "b", "birth_year": 1990, "date_of_death": dt.date(2023, 5, 1)}]})
+...     {"person_id": 1, "birth_year": 1950, "birth_month": 6},
+...     {"person_id": 2, "birth_year": 1990, "date_of_death": dt.date(2023, 5, 1)}]})
 >>> people_on(kid, dt.date(2024, 5, 31)).to_pandas()[["person_id", "age"]]
-  person_id  age
-0         a   73
+   person_id  age
+0          1   73
 """
 
 from __future__ import annotations
@@ -146,10 +146,10 @@ def people_on(
     Examples
     --------
     >>> from kidresearch._examples import toy_kid
-    >>> kid = toy_kid({"persons": [{"person_id": "a", "birth_year": 2000}]})
+    >>> kid = toy_kid({"persons": [{"person_id": 1, "birth_year": 2000}]})
     >>> people_on(kid, dt.date(2024, 1, 1), columns=("person_id", "age")).to_pandas()
-      person_id  age
-    0         a   24
+       person_id  age
+    0          1   24
     """
     persons = kid.table("persons")
     people = persons.filter(alive_and_registered(persons, at))
@@ -186,16 +186,16 @@ def with_area(
     Examples
     --------
     >>> from kidresearch._examples import toy_kid
-    >>> kid = toy_kid({"persons": [{"person_id": "a", "lsoa_code": "E01000001"},
-    ...                            {"person_id": "b", "lsoa_code": "E01999999"}],
+    >>> kid = toy_kid({"persons": [{"person_id": 1, "lsoa_code": "E01000001"},
+    ...                            {"person_id": 2, "lsoa_code": "E01999999"}],
     ...                "lsoas": [{"lsoa_code": "E01000001", "district": "Dover", "imd_score": 40.0,
     ...                           "imd_decile": 3, "imd_quintile": 2, "latitude": 51.1,
     ...                           "longitude": 1.3}]})
     >>> out = with_area(kid, people_on(kid, dt.date(2024, 1, 1)), ["district", "imd_quintile"])
     >>> out.to_pandas().sort_values("person_id")[["person_id", "district", "imd_quintile"]]
-      person_id district  imd_quintile
-    0         a    Dover           2.0
-    1         b      NaN           NaN
+       person_id district  imd_quintile
+    0          1    Dover           2.0
+    1          2      NaN           NaN
     """
     lsoas = kid.table("lsoas").select("lsoa_code", *columns)
     return people.left_join(lsoas, "lsoa_code").drop("lsoa_code_right")

@@ -390,12 +390,12 @@ def person_costs_query(kid: KIDLike, start: dt.date, end: dt.date) -> ir.Table:
     Examples
     --------
     >>> from kidresearch._examples import toy_kid
-    >>> kid = toy_kid({"persons": [{"person_id": "a"}],
-    ...                "costs": [{"person_id": "a", "activity_date": dt.date(2024, 5, 1),
+    >>> kid = toy_kid({"persons": [{"person_id": 1}],
+    ...                "costs": [{"person_id": 1, "activity_date": dt.date(2024, 5, 1),
     ...                           "service_line": "gp", "cost_gbp": 42.0}]})
     >>> expr = person_costs_query(kid, dt.date(2024, 4, 1), dt.date(2025, 3, 31))
     >>> expr.select("person_id", "gp", "cost_gbp").to_pandas().to_dict("records")
-    [{'person_id': 'a', 'gp': 42.0, 'cost_gbp': 42.0}]
+    [{'person_id': 1, 'gp': 42.0, 'cost_gbp': 42.0}]
     """
     from kidresearch.segments import PERSON_COLUMNS, segments_query
 
@@ -709,8 +709,8 @@ def person_costs(kid: KIDLike, start: DateLike, end: DateLike) -> PersonCosts:
     --------
     >>> from kidresearch._examples import toy_kid
     >>> kid = toy_kid({
-    ...     "persons": [{"person_id": "a", "birth_year": 1950}, {"person_id": "b"}],
-    ...     "costs": [{"person_id": "a", "activity_date": dt.date(2024, 5, 1),
+    ...     "persons": [{"person_id": 1, "birth_year": 1950}, {"person_id": 2}],
+    ...     "costs": [{"person_id": 1, "activity_date": dt.date(2024, 5, 1),
     ...                "service_line": "ae", "cost_gbp": 148.0}]})
     >>> pc = person_costs(kid, "2024-04-01", "2025-03-31")
     >>> pc.frame.set_index("person_id").cost_gbp.sort_index().tolist()
@@ -1216,7 +1216,7 @@ def map(
     >>> n = 4000
     >>> q = rng.integers(1, 6, n)
     >>> frame = pd.DataFrame({
-    ...     "person_id": np.arange(n).astype(str), "sex": rng.choice(["F", "M"], n),
+    ...     "person_id": np.arange(n), "sex": rng.choice(["F", "M"], n),
     ...     "age": rng.integers(55, 90, n), "deficit_count": rng.integers(0, 15, n),
     ...     "imd_quintile": q, "practice_code": np.where(q <= 2, "deprived", "affluent"),
     ...     "cost_gbp": rng.gamma(1.0, 1000 * np.exp(0.1 * (5 - q)))})

@@ -564,7 +564,7 @@ def efi(
     >>> for name in ("gp_events", "prescriptions", "lsoas"):
     ...     _ = put(name)
     >>> _ = put("persons", [{
-    ...     "person_id": "a", "sex": "F", "birth_year": 1940, "birth_month": 6,
+    ...     "person_id": 1, "sex": "F", "birth_year": 1940, "birth_month": 6,
     ...     "practice_code": "G80001", "lsoa_code": "E01000001",
     ...     "registration_start": dt.date(2010, 1, 1)}])
     >>> toy_codes = pd.DataFrame({"deficit": [f"d{i}" for i in range(35)],

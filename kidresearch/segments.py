@@ -253,12 +253,12 @@ def segments_query(kid: KIDLike, at: dt.date, *, codes: pd.DataFrame | None = No
     Examples
     --------
     >>> from kidresearch._examples import TOY_LSOA, toy_kid
-    >>> kid = toy_kid({"persons": [{"person_id": "baby", "birth_year": 2024}],
+    >>> kid = toy_kid({"persons": [{"person_id": 1, "birth_year": 2024}],
     ...                "lsoas": [TOY_LSOA]})
     >>> expr = segments_query(kid, dt.date(2024, 6, 30))
     >>> expr.select("person_id", "age", "imd_quintile", "segment").to_pandas()
       person_id  age  imd_quintile              segment
-    0      baby    0             2  maternal_and_infant
+    0          1    0             2  maternal_and_infant
     """
     code_list = segment_codes(codes)
     lit = ibis.literal(at)
@@ -477,11 +477,11 @@ def bridges_to_health(
     Examples
     --------
     >>> from kidresearch._examples import toy_kid
-    >>> kid = toy_kid({"persons": [{"person_id": "baby", "birth_year": 2024},
-    ...                            {"person_id": "adult", "birth_year": 1980}]})
+    >>> kid = toy_kid({"persons": [{"person_id": 1, "birth_year": 2024},
+    ...                            {"person_id": 2, "birth_year": 1980}]})
     >>> seg = bridges_to_health(kid, "2024-06-30")
     >>> seg.frame.set_index("person_id").segment.astype(str).sort_index().to_dict()
-    {'adult': 'healthy', 'baby': 'maternal_and_infant'}
+    {1: 'maternal_and_infant', 2: 'healthy'}
     """
     at_date = as_date(at, "at")
     frame = segments_query(kid, at_date, codes=codes).to_pandas()

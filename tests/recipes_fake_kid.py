@@ -10,6 +10,7 @@ generator put in, not with the recipe's own arithmetic.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass, field
 
 import ibis
@@ -41,8 +42,32 @@ TOY_ACSC = pd.DataFrame(
     }
 )
 NON_ACSC_CODES = ("I21", "S72", "K35")
+PERSON_ID_BASE = (1 << 62) + 1
 START = dt.date(2015, 1, 1)
 END = dt.date(2024, 12, 31)
+
+
+_LABELS: dict[int, str] = {}
+
+
+def pid(label: str) -> int:
+    """The integer person id of a hand-made test person named ``label`` (stable, 63-bit).
+
+    KID person ids are BIGINTs; tests keep readable names and translate with :func:`pid` going
+    in and :func:`by_label` coming out.
+    """
+    value = int.from_bytes(hashlib.sha256(label.encode()).digest()[:8], "big") >> 1
+    _LABELS[value] = label
+    return value
+
+
+def by_label(frame: pd.DataFrame, column: str = "person_id") -> pd.DataFrame:
+    """``frame`` indexed by the test label of each ``column`` id (ids made with :func:`pid`)."""
+    labels = frame[column].map(_LABELS)
+    missing = frame.loc[labels.isna(), column]
+    if len(missing):
+        raise KeyError(f"{column} values {missing.tolist()[:5]} were not made with pid()")
+    return frame.assign(**{column: labels}).set_index(column)
 
 
 def _frame(name: str, data: dict) -> pd.DataFrame:
@@ -79,7 +104,9 @@ def make_fake_kid(
 ) -> FakeKID:
     rng = np.random.default_rng(seed)
     n = n_people
-    person_id = np.array([f"p{i:06d}" for i in range(n)])
+    # KID person ids are 63-bit integers; near the top of the range, so a float64 round trip
+    # anywhere in a recipe would show.
+    person_id = PERSON_ID_BASE + np.arange(n, dtype=np.int64)
     age_2020 = np.clip(rng.gamma(2.2, 20, n).astype(int), 0, 100)
     # Over-sample older people so frailty and admissions have numbers behind them.
     old = rng.random(n) < 0.45
@@ -129,7 +156,7 @@ def make_fake_kid(
             "snomed_code": np.concatenate([codes, codes[rep], np.full(n_noise, "123456")]),
         }
     )
-    gp["practice_code"] = practices[practice_idx[gp.person_id.str[1:].astype(int).to_numpy()]]
+    gp["practice_code"] = practices[practice_idx[(gp.person_id - PERSON_ID_BASE).to_numpy()]]
 
     # Prescriptions: each person takes k substances, each issued monthly over a span; two
     # strengths of one substance share the first 9 characters; chapter 20 never counts.

@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from recipes_fake_kid import toy_session
+from recipes_fake_kid import by_label, pid, toy_session
 
 from kidresearch import costs
 from kidresearch.costs import CostError, PersonCosts
@@ -67,18 +67,18 @@ def test_distribution_rejects_negative_or_missing_costs_naming_the_position() ->
 # ------------------------------------------------------------------------------------------
 # Person costs on hand-made people
 # ------------------------------------------------------------------------------------------
-def _cost(pid: str, day: dt.date, line: str, gbp: float) -> dict:
-    return {"person_id": pid, "activity_date": day, "service_line": line, "cost_gbp": gbp}
+def _cost(label: str, day: dt.date, line: str, gbp: float) -> dict:
+    return {"person_id": pid(label), "activity_date": day, "service_line": line, "cost_gbp": gbp}
 
 
 @pytest.fixture(scope="module")
 def hand_made_costs() -> PersonCosts:
     persons = [
-        {"person_id": "a", "birth_year": 1950},
-        {"person_id": "b", "birth_year": 1990, "lsoa_code": "E01000005"},
-        {"person_id": "c", "birth_year": 1960, "date_of_death": dt.date(2024, 8, 1)},
-        {"person_id": "late", "birth_year": 1980, "registration_start": dt.date(2024, 6, 1)},
-        {"person_id": "gone", "birth_year": 1980, "registration_end": dt.date(2024, 1, 1)},
+        {"person_id": pid("a"), "birth_year": 1950},
+        {"person_id": pid("b"), "birth_year": 1990, "lsoa_code": "E01000005"},
+        {"person_id": pid("c"), "birth_year": 1960, "date_of_death": dt.date(2024, 8, 1)},
+        {"person_id": pid("late"), "birth_year": 1980, "registration_start": dt.date(2024, 6, 1)},
+        {"person_id": pid("gone"), "birth_year": 1980, "registration_end": dt.date(2024, 1, 1)},
     ]
     rows = [
         _cost("a", dt.date(2024, 4, 1), "ae", 148.0),  # first day: in
@@ -96,7 +96,7 @@ def hand_made_costs() -> PersonCosts:
 def test_person_costs_include_zero_cost_people_and_only_the_window(
     hand_made_costs: PersonCosts,
 ) -> None:
-    f = hand_made_costs.frame.set_index("person_id")
+    f = by_label(hand_made_costs.frame)
     assert sorted(f.index) == ["a", "b", "c"]  # registered and alive on START
     assert f.loc["a", "cost_gbp"] == pytest.approx(148 + 42 + 2000)
     assert f.loc["a", "ae"] == 148 and f.loc["a", "gp"] == 42 and f.loc["a", "social_care"] == 2000
@@ -127,11 +127,11 @@ def test_person_costs_refuse_reversed_dates() -> None:
 def test_negative_costs_are_refused_naming_the_person() -> None:
     kid = toy_session(
         {
-            "persons": [{"person_id": "x", "birth_year": 1970}],
+            "persons": [{"person_id": pid("x"), "birth_year": 1970}],
             "costs": [_cost("x", dt.date(2024, 5, 1), "prescribing", -5.0)],
         }
     )
-    with pytest.raises(CostError, match="person_id x"):
+    with pytest.raises(CostError, match=f"person_id {pid('x')}"):
         costs.person_costs(kid, START, END)
 
 
@@ -158,7 +158,7 @@ def _simulated(n: int = 30000, seed: int = 11) -> PersonCosts:
     cost = np.where(positive, rng.gamma(1.2, mu_pos / 1.2), 0.0)
     frame = pd.DataFrame(
         {
-            "person_id": [f"p{i}" for i in range(n)],
+            "person_id": np.arange(n, dtype=np.int64),
             "sex": sex,
             "age": age,
             "deficit_count": deficits,
@@ -370,7 +370,7 @@ def test_released_units_blank_small_and_dominated_units() -> None:
     idx = np.arange(n)
     frame = pd.DataFrame(
         {
-            "person_id": idx.astype(str),
+            "person_id": idx,
             "sex": rng.choice(["F", "M"], n),
             "age": rng.integers(0, 90, n),
             "deficit_count": rng.integers(0, 5, n),

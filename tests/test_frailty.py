@@ -13,7 +13,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from recipes_fake_kid import TOY_CODELIST, make_fake_kid, session_from_frames
+from recipes_fake_kid import TOY_CODELIST, by_label, make_fake_kid, pid, session_from_frames
 
 from kidresearch import frailty
 from kidresearch.errors import DroppedRowsWarning
@@ -32,14 +32,14 @@ def fake():
     return make_fake_kid(n_people=4000, seed=11)
 
 
-def _person(pid: str, **kw) -> dict:
-    row = {"person_id": pid, "sex": "F", "birth_year": 1945, "birth_month": 1}
+def _person(label: str, **kw) -> dict:
+    row = {"person_id": pid(label), "sex": "F", "birth_year": 1945, "birth_month": 1}
     row.update(kw)
     return row
 
 
-def _events(pid: str, n: int, day: dt.date = dt.date(2019, 1, 1)) -> list[dict]:
-    return [{"person_id": pid, "event_date": day, "snomed_code": c} for c in ONE_CODE[:n]]
+def _events(label: str, n: int, day: dt.date = dt.date(2019, 1, 1)) -> list[dict]:
+    return [{"person_id": pid(label), "event_date": day, "snomed_code": c} for c in ONE_CODE[:n]]
 
 
 def test_efi_categories_follow_published_count_cutoffs():
@@ -47,7 +47,7 @@ def test_efi_categories_follow_published_count_cutoffs():
     persons = pd.DataFrame([_person(f"p{c:02d}") for c in counts])
     gp = pd.DataFrame([e for c in counts for e in _events(f"p{c:02d}", c)])
     kid = session_from_frames({"persons": persons, "gp_events": gp})
-    frame = frailty.efi(kid, AT).frame.set_index("person_id")
+    frame = by_label(frailty.efi(kid, AT).frame)
     # Clegg et al. 2016: fit 0-4, mild 5-8, moderate 9-12, severe 13+ deficits of 36.
     expected = ["fit", "fit", "mild", "mild", "moderate", "moderate", "severe", "severe"]
     assert frame.loc[[f"p{c:02d}" for c in counts], "category"].astype(str).tolist() == expected
@@ -60,9 +60,9 @@ def test_polypharmacy_counts_distinct_substances_in_chapters_1_to_15_in_last_12_
     in_window = dt.date(2020, 3, 1)
     window_start = dt.date(2019, 6, 30)  # 12 months before 30 June 2020: issues must be after
 
-    def rx(pid, substance, day=in_window, chapter=2, strength="AA"):
+    def rx(label, substance, day=in_window, chapter=2, strength="AA"):
         return {
-            "person_id": pid,
+            "person_id": pid(label),
             "issue_date": day,
             "bnf_code": f"{chapter:02d}01010{substance}0{strength}",  # 9 = substance
             "bnf_chapter": chapter,
@@ -81,7 +81,7 @@ def test_polypharmacy_counts_distinct_substances_in_chapters_1_to_15_in_last_12_
     rows += [rx("e", s) for s in "ABCD"] + [rx("e", "E", day=AT + dt.timedelta(days=1))]
     persons = pd.DataFrame([_person(p) for p in "abcde"])
     kid = session_from_frames({"persons": persons, "prescriptions": pd.DataFrame(rows)})
-    frame = frailty.efi(kid, AT).frame.set_index("person_id")
+    frame = by_label(frailty.efi(kid, AT).frame)
     assert frame.drugs_12m.to_dict() == {"a": 4, "b": 5, "c": 4, "d": 5, "e": 4}
     assert frame.polypharmacy.to_dict() == {
         "a": False,
@@ -108,7 +108,7 @@ def test_efi_population_dates_and_ages_follow_registration_death_and_birth_month
         _events("alive", 3, day=AT) + _events("alive", 6, day=AT + dt.timedelta(days=1))[3:]
     )
     kid = session_from_frames({"persons": persons, "gp_events": gp})
-    frame = frailty.efi(kid, AT).frame.set_index("person_id")
+    frame = by_label(frailty.efi(kid, AT).frame)
     assert sorted(frame.index) == ["alive", "birthday_next_month", "dies_after"]
     # Born June 1950: 70 at 30 June 2020; born July 1950: still 69.
     assert frame.loc["alive", "age"] == 70
@@ -241,7 +241,7 @@ def test_outcomes_recover_simulated_hazard_ratios():
     death = pd.Timestamp(AT) + pd.to_timedelta(np.ceil(years_to_death * 365.25), unit="D")
     persons = pd.DataFrame(
         {
-            "person_id": [f"q{i:05d}" for i in range(n)],
+            "person_id": np.arange(n, dtype=np.int64) + 10**15,
             "sex": rng.choice(["F", "M"], n),
             "birth_year": rng.integers(1936, 1950, n),
             "birth_month": 1,
@@ -249,7 +249,11 @@ def test_outcomes_recover_simulated_hazard_ratios():
         }
     )
     gp = pd.DataFrame(
-        [e for pid, k in zip(persons.person_id, deficits, strict=True) for e in _events(pid, k)]
+        [
+            {"person_id": person, "event_date": dt.date(2019, 1, 1), "snomed_code": code}
+            for person, k in zip(persons.person_id, deficits, strict=True)
+            for code in ONE_CODE[:k]
+        ]
     )
     kid = session_from_frames({"persons": persons, "gp_events": gp})
     result = frailty.outcomes(kid, AT, outcomes=("death",), ages=(65, 95), truth={"death": true_hr})

@@ -13,7 +13,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from recipes_fake_kid import make_fake_kid, session_from_frames
+from recipes_fake_kid import by_label, make_fake_kid, pid, session_from_frames
 
 from kidresearch import risk
 from kidresearch.risk import RiskError
@@ -90,7 +90,7 @@ def test_features_count_use_inside_the_lookback_and_outcome_inside_the_horizon()
 
     def spell(day, emergency=True):
         return {
-            "person_id": "a",
+            "person_id": pid("a"),
             "admission_date": day,
             "discharge_date": day,
             "admission_method": "21" if emergency else "11",
@@ -111,7 +111,7 @@ def test_features_count_use_inside_the_lookback_and_outcome_inside_the_horizon()
     )
     ae = pd.DataFrame(
         {
-            "person_id": ["a", "a", "b"],
+            "person_id": [pid("a"), pid("a"), pid("b")],
             "arrival_date": [dt.date(2018, 1, 1), dt.date(2016, 1, 1), dt.date(2019, 1, 1)],
             "department_type": "1",
             "disposal": "discharged",
@@ -119,7 +119,7 @@ def test_features_count_use_inside_the_lookback_and_outcome_inside_the_horizon()
     )
     op = pd.DataFrame(
         {
-            "person_id": ["a", "a", "a"],
+            "person_id": [pid("a")] * 3,
             "appointment_date": [dt.date(2018, 1, 1)] * 3,
             "treatment_function_code": "300",
             "first_attendance": True,
@@ -128,8 +128,8 @@ def test_features_count_use_inside_the_lookback_and_outcome_inside_the_horizon()
     )
     persons = pd.DataFrame(
         [
-            {"person_id": "a", "sex": "M", "birth_year": 1940},
-            {"person_id": "b", "sex": "F", "birth_year": 1980},
+            {"person_id": pid("a"), "sex": "M", "birth_year": 1940},
+            {"person_id": pid("b"), "sex": "F", "birth_year": 1980},
         ]
     )
     lsoas = pd.DataFrame(
@@ -152,7 +152,7 @@ def test_features_count_use_inside_the_lookback_and_outcome_inside_the_horizon()
             "lsoas": lsoas,
         }
     )
-    frame = risk.features(kid, AT).set_index("person_id")
+    frame = by_label(risk.features(kid, AT))
     a, b = frame.loc["a"], frame.loc["b"]
     assert a.emergency_admissions == 3
     assert a.emergency_admissions_12m == 2 and a.any_emergency_12m == 1

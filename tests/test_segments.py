@@ -8,7 +8,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from recipes_fake_kid import toy_session
+from recipes_fake_kid import by_label, pid, toy_session
 
 from kidresearch import segments
 from kidresearch.data import load
@@ -23,17 +23,17 @@ FALLS = EFI[EFI.deficit == "falls"].snomed_code.iloc[0]  # a deficit, not a long
 NINE_DEFICITS = EFI.groupby("deficit").snomed_code.first().iloc[:9].tolist()
 
 
-def person(pid: str, birth_year: int = 1950, **kw) -> dict:
-    return {"person_id": pid, "birth_year": birth_year, **kw}
+def person(label: str, birth_year: int = 1950, **kw) -> dict:
+    return {"person_id": pid(label), "birth_year": birth_year, **kw}
 
 
-def gp(pid: str, code: str, date: dt.date) -> dict:
-    return {"person_id": pid, "event_date": date, "snomed_code": code}
+def gp(label: str, code: str, date: dt.date) -> dict:
+    return {"person_id": pid(label), "event_date": date, "snomed_code": code}
 
 
-def emergency(pid: str, date: dt.date) -> dict:
+def emergency(label: str, date: dt.date) -> dict:
     return {
-        "person_id": pid,
+        "person_id": pid(label),
         "admission_date": date,
         "discharge_date": date,
         "is_emergency": True,
@@ -41,8 +41,8 @@ def emergency(pid: str, date: dt.date) -> dict:
     }
 
 
-def ae(pid: str, date: dt.date) -> dict:
-    return {"person_id": pid, "arrival_date": date}
+def ae(label: str, date: dt.date) -> dict:
+    return {"person_id": pid(label), "arrival_date": date}
 
 
 def days_before(n: int) -> dt.date:
@@ -112,26 +112,26 @@ def hand_made() -> Segmentation:
         ],
         "social_care_packages": [
             {
-                "person_id": "disability_care_home",
+                "person_id": pid("disability_care_home"),
                 "start_date": dt.date(2022, 1, 1),
                 "end_date": None,
                 "service_type": "nursing",
             },
             {
-                "person_id": "care_home_ended",
+                "person_id": pid("care_home_ended"),
                 "start_date": dt.date(2022, 1, 1),
                 "end_date": days_before(1),
                 "service_type": "residential",
             },
         ],
         "hospice_episodes": [
-            {"person_id": "eol_hospice", "start_date": days_before(100), "end_date": None},
+            {"person_id": pid("eol_hospice"), "start_date": days_before(100), "end_date": None},
             {
-                "person_id": "eol_hospice_ended_long_ago",
+                "person_id": pid("eol_hospice_ended_long_ago"),
                 "start_date": days_before(500),
                 "end_date": days_before(400),
             },
-            {"person_id": "eol_and_frail", "start_date": days_before(3), "end_date": None},
+            {"person_id": pid("eol_and_frail"), "start_date": days_before(3), "end_date": None},
         ],
     }
     return bridges_to_health(toy_session(rows), AT)
@@ -169,20 +169,20 @@ EXPECTED = {
 def test_hand_made_people_get_the_segment_of_the_first_rule_that_applies(
     hand_made: Segmentation, person_id: str
 ) -> None:
-    row = hand_made.frame.set_index("person_id").loc[person_id]
+    row = by_label(hand_made.frame).loc[person_id]
     assert str(row.segment) == EXPECTED[person_id]
 
 
 def test_dead_people_are_not_segmented_and_everyone_alive_gets_exactly_one(
     hand_made: Segmentation,
 ) -> None:
-    assert set(hand_made.frame.person_id) == set(EXPECTED)
+    assert set(by_label(hand_made.frame).index) == set(EXPECTED)
     assert hand_made.frame.segment.notna().all()
     assert list(hand_made.frame.segment.cat.categories) == list(segments.SEGMENTS)
 
 
 def test_rule_flags_are_kept_when_a_higher_rule_wins(hand_made: Segmentation) -> None:
-    f = hand_made.frame.set_index("person_id")
+    f = by_label(hand_made.frame)
     assert f.loc["eol_and_frail", "is_frailty"] and f.loc["eol_and_frail", "is_end_of_life"]
     assert f.loc["frail_and_failing", "is_failing_health"]
     assert f.loc["chronic_and_ae", "is_acutely_ill"]

@@ -13,7 +13,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from recipes_fake_kid import TOY_ACSC, make_fake_kid, session_from_frames
+from recipes_fake_kid import TOY_ACSC, make_fake_kid, pid, session_from_frames
 from scipy import stats as sps
 
 from kidresearch import variation
@@ -58,7 +58,7 @@ def _two_practice_kid() -> object:
         for i in range(n):
             people.append(
                 {
-                    "person_id": f"{practice}{sex}{i:03d}",
+                    "person_id": pid(f"{practice}{sex}{i:03d}"),
                     "sex": sex,
                     "birth_year": 2020 - band_age - 1,
                     "birth_month": 1,
@@ -79,7 +79,7 @@ def _two_practice_kid() -> object:
         for i in range(n):
             rows.append(
                 {
-                    "person_id": f"{prefix}{i:03d}",
+                    "person_id": pid(f"{prefix}{i:03d}"),
                     "admission_date": dt.date(2020, 3, 1),
                     "discharge_date": dt.date(2020, 3, 2),
                     "admission_method": "21",
@@ -141,19 +141,19 @@ def test_all_emergency_measure_counts_every_emergency_spell():
 def test_person_years_follow_registration_and_death():
     persons = pd.DataFrame(
         [
-            {"person_id": "whole", "sex": "F", "birth_year": 1950},
-            {"person_id": "joins", "sex": "F", "birth_year": 1950,
+            {"person_id": pid("whole"), "sex": "F", "birth_year": 1950},
+            {"person_id": pid("joins"), "sex": "F", "birth_year": 1950,
              "registration_start": dt.date(2020, 7, 1)},
-            {"person_id": "dies", "sex": "F", "birth_year": 1950,
+            {"person_id": pid("dies"), "sex": "F", "birth_year": 1950,
              "date_of_death": dt.date(2020, 1, 11)},
-            {"person_id": "left", "sex": "F", "birth_year": 1950,
+            {"person_id": pid("left"), "sex": "F", "birth_year": 1950,
              "registration_end": dt.date(2019, 12, 31)},
         ]
     )  # fmt: skip
     spells = pd.DataFrame(
         [
             {
-                "person_id": "whole",
+                "person_id": pid("whole"),
                 "admission_date": dt.date(2020, 5, 1),
                 "discharge_date": dt.date(2020, 5, 1),
                 "admission_method": "21",
