@@ -1151,15 +1151,30 @@ class MatchResult:
         if model == "poisson":
             if (y < 0).any():
                 raise MatchingError(f"Poisson outcome '{outcome}' has negative values.")
-            offset = None
+            person_time = np.ones(len(y))
             if time is not None:
                 person_time = data[time].to_numpy(dtype=float)
-                if (person_time <= 0).any():
-                    raise MatchingError(f"Person-time column '{time}' must be positive.")
-                offset = np.log(person_time)
-            glm = sm.GLM(y, design, family=sm.families.Poisson(), var_weights=w, offset=offset)
-            fit = glm.fit()
-            mu = fit.fittedvalues
+                bad = (person_time < 0) | ((person_time == 0) & (y > 0))
+                if bad.any():
+                    raise MatchingError(
+                        f"Person-time column '{time}' must be >= 0, and > 0 where '{outcome}' "
+                        f"has events; {int(bad.sum())} matched rows are not."
+                    )
+            # With treatment as the only term the weighted Poisson MLE is closed-form: each
+            # group's rate is sum(w * y) / sum(w * t) (rows with no person-time add nothing,
+            # e.g. a control censored at once under inverse probability of censoring weights).
+            rates = []
+            for group in (0.0, 1.0):
+                mine = treat == group
+                events, exposure = float((w * y)[mine].sum()), float((w * person_time)[mine].sum())
+                if events <= 0 or exposure <= 0:
+                    raise MatchingError(
+                        f"Poisson outcome '{outcome}' has no events (or no person-time) among the "
+                        f"matched {'treated' if group else 'controls'}: no rate ratio."
+                    )
+                rates.append(events / exposure)
+            params = np.array([math.log(rates[0]), math.log(rates[1] / rates[0])])
+            mu = person_time * np.exp(design @ params)
             # Sandwich by hand (statsmodels' robust covariances do not fully support weights):
             # sandwich::vcovCL's HC1 for a weighted glm, clusters = pairs (or each row).
             scores = design * (w * (y - mu))[:, None]
@@ -1171,7 +1186,7 @@ class MatchResult:
             n_obs, n_par, n_g = len(y), design.shape[1], len(summed)
             vcov = bread @ (summed.T @ summed) @ bread
             vcov *= (n_g / (n_g - 1) if clustered else 1.0) * (n_obs - 1) / (n_obs - n_par)
-            coef, se = float(fit.params[1]), float(math.sqrt(vcov[1, 1]))
+            coef, se = float(params[1]), float(math.sqrt(vcov[1, 1]))
             return log_scale_effect("rate ratio", coef, se, "HC1 robust")
 
         if time is None:
@@ -1596,15 +1611,269 @@ class CohortStudy:
         >>> from kidresearch._examples import toy_programme_kid
         >>> study = cohort_study(toy_programme_kid(), outcomes=["emergency_admissions"])
         >>> study.to_frame()[["person_id", "treated", "index_date"]].head(2)
-          person_id  treated index_date
-        0        p0        1 2024-03-01
-        1        p1        1 2024-03-01
+           person_id  treated index_date
+        0          0        1 2024-03-01
+        1          1        1 2024-03-01
         """
         return self.data.copy()
 
 
 def _as_dates(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values).dt.normalize()
+
+
+#: Default handling of candidate controls who enrol during their own follow-up window.
+ControlsDesign = Literal["censor", "itt"]
+
+#: Inverse probability of censoring weights are capped here (a control's estimated chance of
+#: staying unenrolled to the end of an interval is taken as at least 1 / this).
+_IPCW_CAP = 20.0
+
+#: Below this many censoring events per model term the enrolment hazard model falls back to
+#: the interval-specific (Kaplan-Meier-like) hazard.
+_EVENTS_PER_TERM = 10
+
+#: The pooled logistic model of the enrolment hazard is fitted on all censoring events and a
+#: random sample of this many other at-risk control-intervals (with the intercept corrected).
+_HAZARD_ROWS = 400_000
+
+
+def _interval_of(offset: np.ndarray, follow_up_days: int, n_intervals: int) -> np.ndarray:
+    """Interval 0..J-1 of a day offset in [0, follow_up_days): floor(offset * J / days)."""
+    return (offset * n_intervals) // follow_up_days
+
+
+def _fit_logistic(design: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Coefficients of a logistic regression (design includes the intercept column)."""
+    cross = design.T @ design
+    scale = np.sqrt(np.diag(cross))
+    scale[scale == 0] = 1.0
+    if np.linalg.matrix_rank(cross / np.outer(scale, scale), tol=1e-10) < design.shape[1]:
+        raise np.linalg.LinAlgError("rank deficient")
+    mu = (y + 0.5) / 2.0
+    beta, _, converged = _irls(design, y, np.log(mu / (1.0 - mu)), 25, 1e-8)
+    if not converged or not np.all(np.isfinite(beta)):
+        raise np.linalg.LinAlgError("did not converge")
+    return beta
+
+
+def _censoring_weights(
+    kid: Any,
+    cohort: pd.DataFrame,
+    covariates: Sequence[str],
+    outcomes: Sequence[str],
+    *,
+    follow_up_days: int,
+    n_intervals: int,
+    observed_end: pd.Series,
+    seed: int,
+) -> pd.DataFrame:
+    """Censor controls at a later enrolment and reweight the uncensored (IPCW).
+
+    Returns the cohort with, for controls, every outcome and ``follow_up_days`` replaced by
+    its inverse-probability-of-censoring-weighted total over the follow-up intervals
+    (sum over intervals j of R_ij * w_ij * y_ij: R_ij = 1 while not yet enrolled at the end of
+    interval j, w_ij = 1 / P(not enrolled by then | history), y_ij the outcome in interval j),
+    plus ``censored_day`` and ``ipcw`` (the weight at the end of the window, 0 if censored).
+    """
+    import ibis
+
+    from kidresearch.frailty import EFI_CATEGORIES, _category_codes, deficit_codelist
+
+    out = cohort.copy()
+    out["censored_day"] = np.nan
+    out["ipcw"] = 1.0
+    is_ctrl = out["treated"].to_numpy() == 0
+    ctrl = out.loc[is_ctrl]
+    index = _as_dates(ctrl["index_date"])
+    later = (_as_dates(ctrl["later_enrolment"]) - index).dt.days
+    enrol_day = later.where(later < follow_up_days).to_numpy(dtype=float)  # NaN = not in window
+    out.loc[is_ctrl, "censored_day"] = enrol_day
+    n_censored = int(np.isfinite(enrol_day).sum())
+    if n_censored == 0:
+        logger.info("cohort_study: no control enrols during its follow-up; nothing to censor")
+        return out
+
+    n, J = len(ctrl), n_intervals
+    bounds = -(-np.arange(J + 1) * follow_up_days // J)  # ceil(j * days / J): interval starts
+    rows = np.arange(n)
+    row_ids = ctrl["row_id"].to_numpy()
+    position = pd.Series(rows, index=row_ids)
+    cw = ibis.memtable(
+        pd.DataFrame(
+            {
+                "row_id": row_ids,
+                "person_id": ctrl["person_id"].to_numpy(),
+                "index_date": index.dt.date.to_numpy(),
+                "history_start": (index - pd.Timedelta(days=365)).dt.date.to_numpy(),
+                "window_end": (index + pd.Timedelta(days=follow_up_days)).dt.date.to_numpy(),
+            }
+        )
+    )
+
+    def offsets(table: str, date_col: str, start: str, extra: Sequence[str] = ()) -> pd.DataFrame:
+        events = kid.table(table)
+        j = events.join(cw, "person_id")
+        j = j.filter((j[date_col] >= j[start]) & (j[date_col] < j.window_end))
+        frame = kid.to_pandas(
+            j.select("row_id", *extra, offset=j[date_col].delta(j.index_date, unit="day"))
+        )
+        frame["pos"] = position.loc[frame["row_id"].to_numpy()].to_numpy()
+        return frame
+
+    def per_interval(frame: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
+        """(n, J) totals of events (or ``values``) in each follow-up interval."""
+        total = np.zeros(n * J)
+        inside = frame["offset"].to_numpy() >= 0
+        cell = frame["pos"].to_numpy()[inside] * J + _interval_of(
+            frame["offset"].to_numpy()[inside], follow_up_days, J
+        )
+        np.add.at(total, cell, 1.0 if values is None else values[inside])
+        return total.reshape(n, J)
+
+    def before(frame: pd.DataFrame, lo: int, hi: int) -> np.ndarray:
+        """(n, J) counts of events with offset in [bounds_j + lo, bounds_j + hi)."""
+        key = frame["pos"].to_numpy().astype(np.int64) * 1_000_000 + frame["offset"].to_numpy()
+        key = np.sort(key)
+        base = rows.astype(np.int64)[:, None] * 1_000_000 + bounds[None, :J]
+        return np.searchsorted(key, base + hi) - np.searchsorted(key, base + lo)
+
+    # ---- time-varying enrolment drivers at each interval start: emergency admissions in the
+    # 365 days before, and eFI deficits ever coded before (baseline count + new onsets).
+    spells = offsets(
+        "inpatient_spells", "admission_date", "history_start", ["is_emergency", "is_elective"]
+    )
+    emergency = spells[spells["is_emergency"].fillna(False).astype(bool)]
+    em_prior = before(emergency, -365, 0)
+    gp = kid.table("gp_events")
+    codes = ibis.memtable(deficit_codelist()[["snomed_code", "deficit"]])
+    hits = gp.join(codes, gp.snomed_code == codes.snomed_code)
+    hits = hits.join(cw.select("person_id").distinct(), "person_id", how="semi")
+    onsets = hits.group_by(["person_id", "deficit"]).aggregate(onset=hits.event_date.min())
+    onsets = onsets.join(cw, "person_id")
+    onsets = onsets.filter((onsets.onset >= onsets.index_date) & (onsets.onset < onsets.window_end))
+    new = kid.to_pandas(
+        onsets.select("row_id", offset=onsets.onset.delta(onsets.index_date, unit="day"))
+    )
+    new["pos"] = position.loc[new["row_id"].to_numpy()].to_numpy()
+    deficits = ctrl["efi_deficits"].to_numpy()[:, None] + before(new, -(10**5), 0)
+    poly = ctrl["polypharmacy"].to_numpy() if "polypharmacy" in ctrl else np.zeros(n)
+    category = _category_codes((deficits + poly[:, None]).ravel()).reshape(n, J)
+
+    # ---- at risk of enrolling at the start of interval j: alive, registered, not yet enrolled.
+    end_day = (observed_end.loc[ctrl.index] - index).dt.days.to_numpy(dtype=float)
+    start = bounds[None, :J]
+    enrolled_by_start = np.nan_to_num(enrol_day, nan=np.inf)[:, None] < start
+    at_risk = (end_day[:, None] > start) & ~enrolled_by_start
+    event = at_risk & (np.nan_to_num(enrol_day, nan=np.inf)[:, None] < bounds[None, 1:])
+
+    replaced = {
+        "efi_deficits",
+        "efi_mild",
+        "efi_moderate",
+        "efi_severe",
+        "emergency_admissions_prior_12m",
+    }
+    _, base_x = _covariate_frames(ctrl, [c for c in covariates if c not in replaced])
+    r_idx, j_idx = np.nonzero(at_risk)
+    columns = [base_x.to_numpy(dtype=float)[r_idx], j_idx[:, None].astype(float)]
+    columns.append(em_prior[r_idx, j_idx][:, None].astype(float))
+    if "efi_deficits" in covariates:
+        columns.append(deficits[r_idx, j_idx][:, None].astype(float))
+    for code, name in enumerate(EFI_CATEGORIES[1:], start=1):
+        if f"efi_{name}" in covariates:
+            columns.append((category[r_idx, j_idx] == code)[:, None].astype(float))
+    x = np.hstack(columns)
+    y = event[r_idx, j_idx].astype(float)
+    varying = x.std(axis=0) > 0
+    x = x[:, varying]
+    hazard = np.zeros((n, J))
+    n_events = int(y.sum())
+    fitted = False
+    if n_events >= _EVENTS_PER_TERM * (x.shape[1] + 1):
+        # Case-control subsample of the non-events when there are many; the logistic slopes are
+        # unchanged and the intercept is corrected by log(sampling fraction) (Prentice & Pyke).
+        rng = np.random.default_rng(seed)
+        non = np.flatnonzero(y == 0)
+        take = np.ones(len(y), dtype=bool)
+        fraction = 1.0
+        if len(non) > _HAZARD_ROWS:
+            fraction = _HAZARD_ROWS / len(non)
+            take[non] = rng.random(len(non)) < fraction
+        design = np.hstack([np.ones((int(take.sum()), 1)), x[take]])
+        try:
+            beta = _fit_logistic(design, y[take])
+            fitted = True
+        except np.linalg.LinAlgError:
+            logger.info(
+                "cohort_study: the enrolment hazard model did not fit; using interval hazards"
+            )
+        if fitted:
+            beta[0] += math.log(fraction)
+            eta = beta[0] + x @ beta[1:]
+            hazard[r_idx, j_idx] = 1.0 / (1.0 + np.exp(-eta))
+    if not fitted:
+        at_j = np.bincount(j_idx, minlength=J)
+        ev_j = np.bincount(j_idx, weights=y, minlength=J)
+        hazard[r_idx, j_idx] = (ev_j / np.maximum(at_j, 1))[j_idx]
+    survival = np.cumprod(1.0 - np.clip(hazard, 0.0, 1.0 - 1e-9), axis=1)
+    weight = np.minimum(1.0 / survival, _IPCW_CAP)
+    n_capped = int((1.0 / survival[:, -1] > _IPCW_CAP).sum())
+    uncensored = ~(np.nan_to_num(enrol_day, nan=np.inf)[:, None] < bounds[None, 1:])
+    rw = np.where(uncensored, weight, 0.0)
+
+    # ---- outcomes per interval, reweighted and summed.
+    adjusted: dict[str, np.ndarray] = {}
+    if "emergency_admissions" in outcomes:
+        adjusted["emergency_admissions"] = per_interval(emergency)
+    if "elective_admissions" in outcomes:
+        adjusted["elective_admissions"] = per_interval(
+            spells[spells["is_elective"].fillna(False).astype(bool)]
+        )
+    if "ae_attendances" in outcomes:
+        adjusted["ae_attendances"] = per_interval(
+            offsets("ae_attendances", "arrival_date", "index_date")
+        )
+    if "cost_gbp" in outcomes:
+        costs = kid.table("costs").join(cw, "person_id")
+        costs = costs.filter(
+            (costs.activity_date >= costs.index_date) & (costs.activity_date < costs.window_end)
+        )
+        costs = costs.mutate(offset=costs.activity_date.delta(costs.index_date, unit="day"))
+        costs = costs.mutate(interval=(costs.offset * J) // follow_up_days)
+        summed = kid.to_pandas(
+            costs.group_by(["row_id", "interval"]).aggregate(cost=costs.cost_gbp.sum())
+        )
+        grid = np.zeros(n * J)
+        cell = (
+            position.loc[summed["row_id"].to_numpy()].to_numpy() * J + summed["interval"].to_numpy()
+        )
+        np.add.at(grid, cell, summed["cost"].fillna(0.0).to_numpy(dtype=float))
+        adjusted["cost_gbp"] = grid.reshape(n, J)
+    if "death" in outcomes:
+        death_day = (_as_dates(ctrl["date_of_death"]) - index).dt.days.to_numpy(dtype=float)
+        died = np.isfinite(death_day) & (death_day < follow_up_days)
+        grid = np.zeros((n, J))
+        grid[rows[died], _interval_of(death_day[died].astype(np.int64), follow_up_days, J)] = 1.0
+        adjusted["death"] = grid
+    observed = np.clip(np.minimum(end_day[:, None], bounds[None, 1:]) - bounds[None, :J], 0, None)
+    adjusted["follow_up_days"] = observed
+    ctrl_index = out.index[is_ctrl]
+    for name, grid in adjusted.items():
+        out[name] = out[name].astype(float)  # counts become weighted totals for controls
+        out.loc[ctrl_index, name] = (rw * grid).sum(axis=1)
+    out.loc[ctrl_index, "ipcw"] = rw[:, -1]
+    logger.info(
+        "cohort_study: %d of %d candidate controls enrol during follow-up and are censored "
+        "then; enrolment hazard model %s (%d events), largest weight %.2f%s",
+        n_censored,
+        n,
+        "fitted" if fitted else "by interval only",
+        n_events,
+        float(rw.max()),
+        f", {n_capped} capped at {_IPCW_CAP:g}" if n_capped else "",
+    )
+    return out
 
 
 def cohort_study(
@@ -1617,6 +1886,7 @@ def cohort_study(
     follow_up: str | int = "12m",
     min_age: int = 65,
     seed: int = 0,
+    controls: ControlsDesign = "censor",
 ) -> CohortStudy:
     """Build a cohort of programme enrolees and candidate controls from a KID session.
 
@@ -1713,6 +1983,12 @@ def cohort_study(
         parse_months,
     )
 
+    if controls not in ("censor", "itt"):
+        raise MatchingError(
+            f"controls must be 'censor' (censor controls at a later enrolment, with inverse "
+            f"probability of censoring weights) or 'itt' (follow them whatever they do); "
+            f"got {controls!r}."
+        )
     if exposure != "programme_enrolments":
         raise MatchingError(
             f"exposure must be 'programme_enrolments' (the only exposure table); got {exposure!r}."
@@ -1754,14 +2030,18 @@ def cohort_study(
     # Every person is a candidate control at a drawn date, as long as they are not yet enrolled
     # then ("not yet treated", as in sequential trial emulation): dropping people enrolled later
     # from the pool would leave controls healthier than the people they stand for.
-    controls = persons.copy()
+    candidates = persons.copy()
     rng = np.random.default_rng(seed)
-    controls["index_date"] = rng.choice(first["index_date"].to_numpy(), size=len(controls))
-    enrolled_on = controls["person_id"].map(first.set_index("person_id")["index_date"])
-    controls = controls[enrolled_on.isna() | (enrolled_on > controls["index_date"])].copy()
+    candidates["index_date"] = rng.choice(first["index_date"].to_numpy(), size=len(candidates))
+    enrolled_on = candidates["person_id"].map(first.set_index("person_id")["index_date"])
+    candidates = candidates[enrolled_on.isna() | (enrolled_on > candidates["index_date"])].copy()
     treated["treated"] = 1
-    controls["treated"] = 0
-    cohort = pd.concat([treated, controls], ignore_index=True)
+    candidates["treated"] = 0
+    treated["later_enrolment"] = pd.NaT
+    candidates["later_enrolment"] = candidates["person_id"].map(
+        first.set_index("person_id")["index_date"]
+    )
+    cohort = pd.concat([treated, candidates], ignore_index=True)
     index = _as_dates(cohort["index_date"])
     birth_months = cohort["birth_year"].astype(int) * 12 + cohort["birth_month"].astype(int) - 1
     age_months = index.dt.year * 12 + index.dt.month - 1 - birth_months
@@ -1983,6 +2263,19 @@ def cohort_study(
     if study_end is not None:
         end = end.clip(upper=pd.Timestamp(study_end) + pd.Timedelta(days=1))
     cohort["follow_up_days"] = (end - index).dt.days.clip(lower=0)
+    extra: list[str] = []
+    if controls == "censor":
+        cohort = _censoring_weights(
+            kid,
+            cohort,
+            covariates,
+            outcomes,
+            follow_up_days=follow_up_days,
+            n_intervals=max(1, follow_up_months),
+            observed_end=end,
+            seed=seed,
+        )
+        extra = ["censored_day", "ipcw"]
 
     keep = [
         "person_id",
@@ -1995,6 +2288,7 @@ def cohort_study(
         "efi_category",
         *outcomes,
         "follow_up_days",
+        *extra,
     ]
     data = cohort[list(dict.fromkeys(keep))]
     logger.info(

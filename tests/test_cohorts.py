@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import statistics
 import warnings
@@ -572,8 +573,13 @@ def frailty_study(programme_kid):
     )
 
 
-def test_cohort_study_counts_match_a_pandas_reference(programme_kid, frailty_study) -> None:
-    data = frailty_study.data
+def test_cohort_study_counts_match_a_pandas_reference(programme_kid) -> None:
+    from kidresearch.cohorts import cohort_study
+
+    # controls="itt": raw counts for everyone (the default reweights controls' outcomes).
+    data = cohort_study(
+        programme_kid, outcomes=["emergency_admissions", "ae_attendances"], controls="itt"
+    ).data
     sample = pd.concat([data[data.treated == 1].head(40), data[data.treated == 0].head(40)])
     spells = programme_kid.to_pandas(programme_kid.table("inpatient_spells"))
     spells = spells[spells.is_emergency & spells.person_id.isin(sample.person_id)]
@@ -779,3 +785,106 @@ def test_null_programme_matched_estimates_cover_no_effect(null_programme_kid: Pa
     assert cost.covers(team["att_cost_gbp_12m"]), cost.to_frame()
     admissions = matched.estimate("emergency_admissions")
     assert admissions.covers(-team["att_emergency_admissions_12m"]), admissions.to_frame()
+
+
+# ---------------------------------------------------------------------------------------------
+# Controls who enrol later: censoring at enrolment with inverse probability of censoring weights
+# ---------------------------------------------------------------------------------------------
+
+
+def _spell(person: int, day: dt.date) -> dict[str, object]:
+    return {
+        "person_id": person,
+        "provider_code": "RVV",
+        "admission_date": day,
+        "discharge_date": day,
+        "admission_method": "21",
+        "primary_diagnosis_icd10": "I21",
+        "los_days": 0,
+        "is_emergency": True,
+        "is_elective": False,
+    }
+
+
+def test_censoring_weights_by_hand_with_interval_hazards() -> None:
+    """Four controls, index 1 March 2024, 360 days in 12 intervals of 30 days. Control 13
+    enrols on day 100 (interval 3: days 90-119), the only censoring, so the model falls back
+    to interval hazards: 1 of 4 at risk in interval 3, so the others' weight is 4/3 from
+    interval 3 on. Hand totals (sum over intervals of weight x outcome, censored intervals 0):
+    control 10 admissions on days 10 and 200 -> 1 + 4/3; control 13 admissions on days 20 and 95
+    (censored) -> 1; control 11 costs 600 on day 300 -> 800; control 12 dies on day 150 ->
+    death 4/3, follow-up 90 + 60 * 4/3 = 170 days; the others 90 + 270 * 4/3 = 450, control 13
+    90. The treated row is left as it is."""
+    from kidresearch._examples import toy_kid
+    from kidresearch.cohorts import _censoring_weights
+
+    index = dt.date(2024, 3, 1)
+    on = lambda days: index + dt.timedelta(days=days)  # noqa: E731
+    kid = toy_kid(
+        {
+            "inpatient_spells": [_spell(10, on(10)), _spell(10, on(200)), _spell(13, on(20))]
+            + [_spell(13, on(95)), _spell(1, on(5))],
+            "costs": [
+                {"person_id": 11, "activity_date": on(300), "service_line": "x", "cost_gbp": 600.0}
+            ],
+        }
+    )
+    cohort = pd.DataFrame(
+        {
+            "row_id": np.arange(5),
+            "person_id": [1, 10, 11, 12, 13],
+            "index_date": pd.Timestamp(index),
+            "treated": [1, 0, 0, 0, 0],
+            "later_enrolment": [pd.NaT, pd.NaT, pd.NaT, pd.NaT, pd.Timestamp(on(100))],
+            "date_of_death": [pd.NaT, pd.NaT, pd.NaT, pd.Timestamp(on(150)), pd.NaT],
+            "age": [80.0, 70.0, 75.0, 85.0, 90.0],
+            "efi_deficits": 0,
+            "emergency_admissions": [1, 2, 0, 0, 2],
+            "cost_gbp": [0.0, 0.0, 600.0, 0.0, 0.0],
+            "death": [0, 0, 0, 1, 0],
+            "follow_up_days": [360, 360, 360, 150, 360],
+        }
+    )
+    end = pd.Series(pd.Timestamp(on(360)), index=cohort.index)
+    end[3] = pd.Timestamp(on(150))
+    out = _censoring_weights(
+        kid,
+        cohort,
+        ["age"],
+        ["emergency_admissions", "cost_gbp", "death"],
+        follow_up_days=360,
+        n_intervals=12,
+        observed_end=end,
+        seed=0,
+    )
+    assert out.emergency_admissions.tolist() == pytest.approx([1, 1 + 4 / 3, 0, 0, 1])
+    assert out.cost_gbp.tolist() == pytest.approx([0, 0, 800, 0, 0])
+    assert out.death.tolist() == pytest.approx([0, 0, 0, 4 / 3, 0])
+    assert out.follow_up_days.tolist() == pytest.approx([360, 450, 450, 170, 90])
+    assert out.ipcw.tolist() == pytest.approx([1, 4 / 3, 4 / 3, 4 / 3, 0])
+    assert out.censored_day.isna().tolist() == [True, True, True, True, False]
+
+
+def test_poisson_rate_ignores_rows_without_person_time_and_refuses_events_without() -> None:
+    # Rates by hand: treated (2 + 4) / (10 + 20) = 0.2; controls (3 + 0) / (10 + 0) = 0.3; the
+    # control without person-time (e.g. censored at once) adds nothing: ratio 2/3.
+    data = pd.DataFrame(
+        {
+            "treat": [1, 1, 0, 0],
+            "ps": [0.5, 0.6, 0.5, 0.6],
+            "y": [2.0, 4.0, 3.0, 0.0],
+            "t": [10.0, 20.0, 10.0, 0.0],
+        }
+    )
+    result = match(data, "treat", [], distance=data["ps"])
+    assert result.estimate("y", model="poisson", time="t").estimate == pytest.approx(2 / 3)
+    data.loc[3, "y"] = 1.0
+    with pytest.raises(MatchingError, match="Person-time column 't' must be >= 0"):
+        match(data, "treat", [], distance=data["ps"]).estimate("y", model="poisson", time="t")
+
+
+def test_cohort_study_rejects_an_unknown_controls_design(programme_kid) -> None:
+    from kidresearch.cohorts import cohort_study
+
+    with pytest.raises(MatchingError, match="controls must be 'censor'"):
+        cohort_study(programme_kid, controls="per-protocol")
