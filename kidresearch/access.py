@@ -80,6 +80,7 @@ __all__ = [
     "KID",
     "Population",
     "Proposal",
+    "RestrictedTable",
     "StudyPeriod",
     "check_sql",
     "connect",
@@ -739,6 +740,55 @@ def _quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+class RestrictedTable(IbisTable):
+    """The Ibis table :meth:`KID.table` returns: a plain Ibis table whose column access refuses
+    (and logs) a data-dictionary column the proposal did not approve, instead of Ibis's
+    attribute error. Expressions built from it are ordinary Ibis expressions.
+    """
+
+    __slots__ = ("_kid_session", "_kid_table")
+
+    def _refuse_column(self, name: object) -> None:
+        session: KID = object.__getattribute__(self, "_kid_session")
+        table: str = object.__getattribute__(self, "_kid_table")
+        if not isinstance(name, str) or name in self.columns:
+            return
+        if name not in RESEARCH_TABLES[table].column_names:
+            return  # not a data-dictionary column: Ibis's own error says so
+        approved = session.proposal.approved_columns(table)
+        if name in approved:
+            return  # approved but left out by columns=: Ibis's error lists the view's columns
+        raise session._refused(
+            _refuse(
+                f"column '{name}' of table '{table}' is not approved for proposal "
+                f"{session.proposal.id}; approved columns: {', '.join(approved)}",
+                "column_not_approved",
+            ),
+            table=table,
+            column=name,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            self._refuse_column(name)
+            raise
+
+    def __getitem__(self, what: Any) -> Any:
+        names = [what] if isinstance(what, str) else what if isinstance(what, list) else []
+        for name in names:
+            self._refuse_column(name)
+        return super().__getitem__(what)
+
+
+def _restricted_table(view: IbisTable, session: KID, name: str) -> RestrictedTable:
+    table = RestrictedTable(view.op())
+    object.__setattr__(table, "_kid_session", session)
+    object.__setattr__(table, "_kid_table", name)
+    return table
+
+
 class KID:
     """A research session on one KID version for one approved proposal (use :func:`connect`).
 
@@ -1179,6 +1229,13 @@ class KID:
         columns
             Optional subset of its approved columns.
 
+        Returns
+        -------
+        RestrictedTable
+            An Ibis table; ``t[col]`` or ``t.col`` on a column the proposal did not approve
+            raises :class:`~kidresearch.errors.AccessRefused` naming the table, column and
+            proposal (logged).
+
         Raises
         ------
         AccessRefused
@@ -1212,7 +1269,8 @@ class KID:
                 )
         self._log("table", {"table": name, "columns": list(columns or approved)})
         view = self._con.table(name)
-        return view.select(list(columns)) if columns is not None else view
+        view = view.select(list(columns)) if columns is not None else view
+        return _restricted_table(view, self, name)
 
     def sql(self, query: str) -> IbisTable:
         """Run one SELECT (DuckDB dialect) over the session's restricted tables.

@@ -596,6 +596,40 @@ def test_unapproved_column_is_refused(kid: KID) -> None:
     assert len(kid.sql("SELECT SEX FROM PERSONS").to_pandas()) == len(expected_population())
 
 
+def test_unapproved_column_of_a_table_is_refused_naming_table_column_and_proposal(
+    kid: KID,
+) -> None:
+    persons = kid.table("persons")
+    before = len(AuditLog(kid.data).read())
+    # lsoa_code is a persons column of the data dictionary, not approved for frailty-test.
+    message = (
+        "column 'lsoa_code' of table 'persons' is not approved for proposal frailty-test; "
+        "approved columns: person_id, household_id, sex, birth_year, practice_code"
+    )
+    for access in (
+        lambda: persons["lsoa_code"],
+        lambda: persons.lsoa_code,
+        lambda: persons[["sex", "lsoa_code"]],
+    ):
+        with pytest.raises(AccessRefused) as err:
+            access()
+        assert str(err.value) == message
+    logged = AuditLog(kid.data).read()[before:]
+    assert [(e["action"], e["detail"]["reason"], e["detail"]["column"]) for e in logged] == [
+        ("refused", "column_not_approved", "lsoa_code")
+    ] * 3
+    # Approved columns, Ibis methods and names outside the dictionary behave as in Ibis.
+    assert persons["sex"].get_name() == "sex" and persons.sex.get_name() == "sex"
+    assert int(persons.filter(persons.sex == "F").count().to_pandas()) == int(
+        (expected_population().sex == "F").sum()
+    )
+    with pytest.raises(AttributeError):
+        persons.not_a_column  # noqa: B018
+    narrowed = kid.table("persons", columns=["sex"])
+    with pytest.raises(AttributeError):
+        narrowed.birth_year  # noqa: B018  (approved, left out by columns=: not a refusal)
+
+
 BAD_QUERIES = {
     "read_parquet quarantine": "SELECT * FROM read_parquet('{kid}/restricted/quarantine.parquet')",
     "read_parquet raw tables": "SELECT * FROM read_parquet('{kid}/versions/2026-10/tables/persons/*.parquet')",
