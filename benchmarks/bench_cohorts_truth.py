@@ -62,6 +62,9 @@ def _effects(study: Any, ratio: int, outcome: str) -> dict[str, dict[str, float]
         },
         "diff": _row(matched.estimate(outcome)),
         "n_treated": float((matched.matched["treated"] == 1).sum()),
+        # The matched enrolees' mean outcome (their y1): with a caliper some enrolees stay
+        # unmatched, so the truth of a difference is that of the matched enrolees (below).
+        "y1": float(matched.matched.loc[matched.matched["treated"] == 1, outcome].mean()),
         "max_smd": float(matched.balance().table.drop(index="distance").smd_after.abs().max()),
     }
     if "censored_day" in matched.matched.columns:  # share of matched controls enrolling later
@@ -121,7 +124,13 @@ def simulate(args: argparse.Namespace) -> None:
         done = json.loads(cache.read_text()) if cache.exists() else {}
         truth = json.loads((folder / "synth" / "truth.json").read_text())
         team = truth["programmes"]["integrated_frailty_team"]
-        todo = [(d, r) for d in designs for r in ratios if f"{d}:{r}" not in done]
+        null = team["realised_rate_ratio"] == 1.0  # every truth is 0, whatever is matched
+        todo = [
+            (d, r)
+            for d in designs
+            for r in ratios
+            if f"{d}:{r}" not in done or not (null or "y1" in done[f"{d}:{r}"])
+        ]
         if todo:
             with (
                 connect("programme-evaluation", folder / "kid", user="bench") as kid,
@@ -150,7 +159,10 @@ def simulate(args: argparse.Namespace) -> None:
                         **value,
                         "truth": {
                             "rr": team["realised_rate_ratio"],
-                            "diff": -team["att_emergency_admissions_12m"],
+                            # Of the matched enrolees: the generator removes each of their
+                            # spells with probability 1 - RR, so E[y0] = y1 / RR there.
+                            "diff": value.get("y1", 0.0) * (1 - 1 / team["realised_rate_ratio"]),
+                            "diff_all": -team["att_emergency_admissions_12m"],
                             "cost": team["att_cost_gbp_12m"],
                         },
                     }
@@ -169,14 +181,19 @@ def _report(name: str, records: list[dict[str, Any]]) -> None:
     for r in records:
         groups.setdefault((r["design"], r["ratio"]), []).append(r)
     for (design, ratio), rows in sorted(groups.items()):
-        for quantity in ("rr", "diff", "cost"):
-            if quantity not in rows[0]:
+        for quantity, source in (
+            ("rr", "rr"),
+            ("diff", "diff"),
+            ("diff_all", "diff"),
+            ("cost", "cost"),
+        ):
+            if source not in rows[0] or quantity not in rows[0]["truth"]:
                 continue
-            est = np.array([r[quantity]["est"] for r in rows])
+            est = np.array([r[source]["est"] for r in rows])
             truth = np.array([r["truth"][quantity] for r in rows])
-            se = np.array([r[quantity]["se"] for r in rows])
+            se = np.array([r[source]["se"] for r in rows])
             cover = np.array(
-                [r[quantity]["lo"] <= r["truth"][quantity] <= r[quantity]["hi"] for r in rows]
+                [r[source]["lo"] <= r["truth"][quantity] <= r[source]["hi"] for r in rows]
             )
             if quantity == "rr":  # bias and spread on the log scale, shown back as ratios
                 err = np.log(est) - np.log(truth)
@@ -192,6 +209,10 @@ def _report(name: str, records: list[dict[str, Any]]) -> None:
                 f"{err.std(ddof=1) / math.sqrt(n):8.3f} {err.std(ddof=1):9.3f} {se.mean():9.3f} "
                 f"{cover.mean():6.0%} of {n}"
             )
+    print(
+        "(diff: truth of the matched enrolees, y1 (1 - 1/RR); diff_all: of all enrolees, "
+        "truth.json's att; cost: of all enrolees)"
+    )
     matched = np.mean([r["n_treated"] for r in records])
     later = [r["enrol_later"] for r in records if "enrol_later" in r]
     print(
@@ -242,10 +263,19 @@ def single(args: argparse.Namespace) -> None:
                 f"design {design}: {len(treated)} treated, {len(control)} candidate controls "
                 f"({built:.1f} s since start)"
             )
-            print(f"naive: rate ratio {naive_rr:.3f}, cost difference {naive_cost:+.0f}")
+            if design == "itt":  # under ipcw the controls' outcomes are reweighted totals
+                print(f"naive: rate ratio {naive_rr:.3f}, cost difference {naive_cost:+.0f}")
             for ratio in (int(r) for r in args.ratios.split(",")):
                 eff = _effects(study, ratio, outcome)
-                print(f"{ratio}:1 matched (max |SMD| {eff['max_smd']:.3f}):")
+                later = (
+                    f", matched controls enrolling within their window {eff['enrol_later']:.1%}"
+                    if "enrol_later" in eff
+                    else ""
+                )
+                print(
+                    f"{ratio}:1 matched (max |SMD| {eff['max_smd']:.3f}; "
+                    f"{eff['n_treated']:.0f} of {len(treated)} enrolees matched{later}):"
+                )
                 rows = [
                     ("rate ratio", eff["rr"], true_rr),
                     (f"{outcome[:10]} diff", eff["diff"], true_diff),

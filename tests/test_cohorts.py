@@ -888,3 +888,65 @@ def test_cohort_study_rejects_an_unknown_controls_design(programme_kid) -> None:
 
     with pytest.raises(MatchingError, match="controls must be 'censor'"):
         cohort_study(programme_kid, controls="per-protocol")
+
+
+@pytest.fixture(scope="session")
+def strong_programme_kid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A strong-effect scenario (rate ratio 0.6, common enrolment), built once per run."""
+    from conftest import _once
+
+    from kidresearch.linkage import build
+    from kidresearch.synth import generate
+
+    def make(out: Path) -> None:
+        generate(Path(__file__).parent / "data" / "strong_frailty_team.yaml", out=out / "synth")
+        key = out / "pseudonymisation.key"
+        key.write_text("fedcba9876543210" * 4 + "\n")
+        key.chmod(0o600)
+        build(out / "synth" / "raw", out / "kid", key_file=key, progress=False)
+
+    return _once(tmp_path_factory, "strong_frailty_team", make)
+
+
+def test_censoring_controls_at_later_enrolment_removes_the_dilution(
+    strong_programme_kid: Path,
+) -> None:
+    """truth.json's realised rate ratio compares enrolees with their own never-enrolled
+    counterfactual. Controls followed whatever they do (controls="itt") include some who enrol
+    and get the team's benefit, which pulls the matched ratio towards 1; censoring them at
+    enrolment with inverse probability of censoring weights (the default) undoes that on the
+    same matched pairs. On this scenario (true ratio 0.4, about a quarter of matched controls
+    enrol within their year) the ITT ratio was 0.469 (0.379-0.580), missing the realised 0.359,
+    and the censored one 0.421 (0.338-0.524). Over 30 data seeds of the milder
+    benchmarks/scenarios/sim_strong_frailty_team.yaml the log-scale bias went from +0.087 (ITT,
+    87% coverage) to +0.039 (97%; docs/matching.md)."""
+    import json
+
+    from kidresearch.access import connect
+    from kidresearch.cohorts import cohort_study
+
+    truth = json.loads((strong_programme_kid / "synth" / "truth.json").read_text())
+    team = truth["programmes"]["integrated_frailty_team"]
+    assert team["emergency_rate_ratio"] == 0.4
+    effects, pairs = {}, {}
+    with (
+        connect(PROPOSAL, strong_programme_kid / "kid", user="cohort-tests") as session,
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", DroppedRowsWarning)
+        for design in ("itt", "censor"):
+            study = cohort_study(session, outcomes=["emergency_admissions"], controls=design)
+            matched = study.match()
+            pairs[design] = matched.matched[["person_id", "subclass"]]
+            effects[design] = matched.estimate(
+                "emergency_admissions", model="poisson", time="follow_up_days"
+            )
+            if design == "censor":
+                controls = matched.matched[matched.matched.treated == 0]
+                enrol_later = controls.censored_day.notna().mean()
+    # The design changes only the controls' outcomes, not who is matched to whom.
+    pd.testing.assert_frame_equal(pairs["itt"], pairs["censor"])
+    assert enrol_later > 0.15
+    itt, censor = effects["itt"], effects["censor"]
+    assert censor.estimate < 0.95 * itt.estimate, (itt.to_frame(), censor.to_frame())
+    assert censor.covers(team["realised_rate_ratio"]), censor.to_frame()
