@@ -1860,32 +1860,35 @@ def _censoring_weights(
         "emergency_admissions_prior_12m",
     }
     _, base_x = _covariate_frames(ctrl, [c for c in covariates if c not in replaced])
+    base = base_x.to_numpy(dtype=float)
     r_idx, j_idx = np.nonzero(at_risk)
-    columns = [base_x.to_numpy(dtype=float)[r_idx], j_idx[:, None].astype(float)]
-    columns.append(em_prior[r_idx, j_idx][:, None].astype(float))
-    if "efi_deficits" in covariates:
-        columns.append(deficits[r_idx, j_idx][:, None].astype(float))
-    for code, name in enumerate(EFI_CATEGORIES[1:], start=1):
-        if f"efi_{name}" in covariates:
-            columns.append((category[r_idx, j_idx] == code)[:, None].astype(float))
-    x = np.hstack(columns)
+
+    def design_rows(sel: np.ndarray | slice) -> np.ndarray:
+        """Hazard model terms of the at-risk control-intervals ``sel`` (built in pieces, so
+        that a Kent cohort's millions of control-months never sit in memory at once)."""
+        r, j = r_idx[sel], j_idx[sel]
+        columns = [base[r], j[:, None].astype(float), em_prior[r, j][:, None].astype(float)]
+        if "efi_deficits" in covariates:
+            columns.append(deficits[r, j][:, None].astype(float))
+        for code, name in enumerate(EFI_CATEGORIES[1:], start=1):
+            if f"efi_{name}" in covariates:
+                columns.append((category[r, j] == code)[:, None].astype(float))
+        return np.hstack(columns)
+
     y = event[r_idx, j_idx].astype(float)
-    varying = x.std(axis=0) > 0
-    x = x[:, varying]
     hazard = np.zeros((n, J))
     n_events = int(y.sum())
+    # Case-control subsample of the non-events when there are many; the logistic slopes are
+    # unchanged and the intercept is corrected by log(sampling fraction) (Prentice & Pyke 1979).
+    rng = np.random.default_rng(seed)
+    non = np.flatnonzero(y == 0)
+    fraction = min(1.0, _HAZARD_ROWS / max(len(non), 1))
+    take = np.flatnonzero((y == 1) | (rng.random(len(y)) < fraction))
+    x_fit = design_rows(take)
+    varying = x_fit.std(axis=0) > 0
     fitted = False
-    if n_events >= _EVENTS_PER_TERM * (x.shape[1] + 1):
-        # Case-control subsample of the non-events when there are many; the logistic slopes are
-        # unchanged and the intercept is corrected by log(sampling fraction) (Prentice & Pyke).
-        rng = np.random.default_rng(seed)
-        non = np.flatnonzero(y == 0)
-        take = np.ones(len(y), dtype=bool)
-        fraction = 1.0
-        if len(non) > _HAZARD_ROWS:
-            fraction = _HAZARD_ROWS / len(non)
-            take[non] = rng.random(len(non)) < fraction
-        design = np.hstack([np.ones((int(take.sum()), 1)), x[take]])
+    if n_events >= _EVENTS_PER_TERM * (int(varying.sum()) + 1):
+        design = np.column_stack([np.ones(len(take)), x_fit[:, varying]])
         try:
             beta = _fit_logistic(design, y[take])
             fitted = True
@@ -1895,8 +1898,10 @@ def _censoring_weights(
             )
         if fitted:
             beta[0] += math.log(fraction)
-            eta = beta[0] + x @ beta[1:]
-            hazard[r_idx, j_idx] = 1.0 / (1.0 + np.exp(-eta))
+            for start_row in range(0, len(r_idx), _HAZARD_ROWS):
+                piece = slice(start_row, start_row + _HAZARD_ROWS)
+                eta = beta[0] + design_rows(piece)[:, varying] @ beta[1:]
+                hazard[r_idx[piece], j_idx[piece]] = 1.0 / (1.0 + np.exp(-eta))
     if not fitted:
         at_j = np.bincount(j_idx, minlength=J)
         ev_j = np.bincount(j_idx, weights=y, minlength=J)
