@@ -558,6 +558,11 @@ def test_completeness_compares_recent_months_with_settled_months(kid: KID) -> No
         assert row.expected_rows == pytest.approx(expected, abs=0.05)
         assert row.complete == (row.rows / expected >= 0.9)
     assert set(got.table) == {"inpatient_spells", "gp_events"}
+    # One table only: the same rows as in the full check.
+    only = kid.completeness(months=6, settle_months=3, baseline_months=12, tables=["gp_events"])
+    pd.testing.assert_frame_equal(only, got[got.table == "gp_events"].reset_index(drop=True))
+    with pytest.raises(AccessRefused, match="table 'lsoas' is not approved"):
+        kid.completeness(tables=["lsoas"])
 
 
 def test_closed_session_refuses_further_use(kid_dir: Path, proposal: Proposal) -> None:

@@ -218,6 +218,19 @@ def test_trend_flags_months_the_session_reports_incomplete(fake):
     flags = trend.frame.groupby("period").incomplete.first()
     assert flags.tolist() == [False, False, True, True]
 
+    # A session whose completeness() takes a table list (KID does) is asked for the eFI's
+    # inputs only; the flags are the same.
+    asked = []
+
+    class WithTables(WithCompleteness):
+        def completeness(self, *, tables=None):
+            asked.append(tuple(tables))
+            return super().completeness()
+
+    trend = frailty.trend(WithTables(), "2024-09-01", "2024-12-31", standardise=False)
+    assert trend.frame.groupby("period").incomplete.first().tolist() == flags.tolist()
+    assert asked == [("gp_events", "prescriptions")]
+
 
 def test_trend_without_completeness_flags_the_reporting_lag(fake):
     latest = pd.Timestamp(fake.frames["gp_events"].event_date.max())
