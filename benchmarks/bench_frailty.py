@@ -109,7 +109,8 @@ class ParquetSession:
     """Ibis tables straight over a built KID version's Parquet files (no access layer).
 
     Used beside ``kidresearch.connect`` to separate the recipes' own cost from the access
-    layer's (per-proposal pseudonyms are recomputed row by row in its views).
+    layer's (its views join every event row to the population to swap in the proposal's
+    BIGINT pseudonym).
     """
 
     def __init__(self, kid_dir: Path) -> None:
@@ -148,17 +149,31 @@ class PeakRSS:
         self._thread.join()
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(label: str, fn: Callable[[], T], repeat: int) -> T:
-    times, peaks, result = [], [], None
+    """Run ``fn`` ``repeat`` times; print median wall and CPU time, load and peak RSS.
+
+    CPU seconds (this process, all threads) are printed beside wall time because the machine
+    is shared: on a busy machine wall time mostly measures the other jobs.
+    """
+    times, cpus, peaks, result = [], [], [], None
+    load = psutil.getloadavg()[0]
     for _ in range(repeat):
         with PeakRSS() as mem:
+            cpu = _cpu_seconds()
             started = time.perf_counter()
             result = fn()
             times.append(time.perf_counter() - started)
+            cpus.append(_cpu_seconds() - cpu)
         peaks.append(mem.peak)
     say(
         f"{label}: median {statistics.median(times):.2f} s over {repeat} runs "
-        f"(min {min(times):.2f}, max {max(times):.2f}); peak RSS {max(peaks) / 2**30:.2f} GiB"
+        f"(min {min(times):.2f}, max {max(times):.2f}); CPU median "
+        f"{statistics.median(cpus):.2f} s; load {load:.1f}; peak RSS {max(peaks) / 2**30:.2f} GiB"
     )
     return result
 
