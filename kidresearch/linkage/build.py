@@ -1200,29 +1200,44 @@ class _Builder:
     def write_persons(self, tables: Path) -> None:
         """One row per registered person: the latest registration episode's details.
 
-        "Latest" is the greatest (registration_start, extract, row), folded into one integer
-        sort key so that DuckDB's ``arg_max`` compares integers, not structs.
+        "Latest" is the greatest (registration_start, extract, row), folded into one BIGINT
+        sort key (days since 1800 << 44 | file << 32 | row; HUGEINT beyond 4096 extracts) so
+        that DuckDB's ``arg_max`` compares integers, not structs. The register carries the
+        final ``person_id`` by now, so no join to ``person_ids`` is needed.
         """
         self._pseudonym_tables()
         table = schema.RESEARCH_TABLES["persons"]
         registrations = self.final_rows("registrations")
         deaths = self.final_rows("deaths")
-        order = (
-            "(CAST(date_diff('day', DATE '1800-01-01', {start}) AS HUGEINT) << 64) "
-            "+ (CAST({file} AS HUGEINT) << 32) + {row}"
+        if len(self.extracts) < 4096:
+            order = (
+                "(CAST(date_diff('day', DATE '1800-01-01', r.registration_start) AS BIGINT) << 44)"
+                " + (CAST(r._file AS BIGINT) << 32) + r._row"
+            )
+        else:
+            order = (
+                "(CAST(date_diff('day', DATE '1800-01-01', r.registration_start) AS HUGEINT) "
+                "<< 64) + (CAST(r._file AS HUGEINT) << 32) + r._row"
+            )
+        latest = ", ".join(
+            f"arg_max({c}, _order) AS {c}"
+            for c in (
+                "household_id",
+                "sex",
+                "birth_year",
+                "birth_month",
+                "practice_code",
+                "lsoa_code",
+            )
         )
         source = f"""(
           WITH episodes AS (
-            SELECT g.pk, h.household_id, r.* EXCLUDE (uprn),
-              {order.format(start="r.registration_start", file="r._file", row="r._row")} AS _order
+            SELECT g.pk, g.person_id, h.household_id, r.* EXCLUDE (uprn), {order} AS _order
             FROM {registrations} r JOIN register g ON g.nhs = r._nhs
             LEFT JOIN households h ON h.value = r.uprn
           ),
           people AS (
-            SELECT pk,
-              arg_max({{'household_id': household_id, 'sex': sex, 'birth_year': birth_year,
-                        'birth_month': birth_month, 'practice_code': practice_code,
-                        'lsoa_code': lsoa_code}}, _order) AS latest,
+            SELECT pk, any_value(person_id) AS person_id, {latest},
               min(registration_start) AS registration_start,
               CASE WHEN bool_or(registration_end IS NULL) THEN NULL
                    ELSE max(registration_end) END AS registration_end
@@ -1230,15 +1245,21 @@ class _Builder:
           ),
           died AS (
             SELECT person_key AS pk,
-              arg_max({{'date_of_death': date_of_death, 'cause': underlying_cause_icd10}},
-                      (CAST(_file AS BIGINT) << 32) + _row) AS death
+              arg_max(date_of_death, (CAST(_file AS BIGINT) << 32) + _row) AS date_of_death,
+              arg_max(underlying_cause_icd10, (CAST(_file AS BIGINT) << 32) + _row)
+                AS death_cause_icd10
             FROM {deaths} GROUP BY person_key
           )
-          SELECT i.person_id, unnest(p.latest), p.registration_start, p.registration_end,
-                 d.death.date_of_death AS date_of_death, d.death.cause AS death_cause_icd10
-          FROM people p JOIN person_ids i USING (pk) LEFT JOIN died d USING (pk)
+          SELECT p.* EXCLUDE (pk), d.date_of_death, d.death_cause_icd10
+          FROM people p LEFT JOIN died d USING (pk)
         )"""
-        self._copy(self._cast_select(table, source, year=None), tables / "persons")
+        # Build the joins' hash tables on the register and households as written (DuckDB
+        # underestimates the registrations and would build on them).
+        self.con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+        try:
+            self._copy(self._cast_select(table, source, year=None), tables / "persons")
+        finally:
+            self.con.execute("RESET disabled_optimizers")
 
     def write_reference(self, name: str, tables: Path) -> None:
         table = schema.RESEARCH_TABLES[name]
