@@ -392,20 +392,31 @@ def efi_query(
         gp.event_date <= ibis.literal(at),
         gp.snomed_code.isin(sorted(codes.snomed_code.unique())),
     ).select("person_id", "snomed_code")
-    hits = events.join(code_table, events.snomed_code == code_table.snomed_code).select(
-        "person_id", "bit"
+    hits = events.join(code_table, events.snomed_code == code_table.snomed_code)
+    # Same nullable BIGINT types on both sides of the union (tables may mark ids NOT NULL).
+    hits = hits.select(
+        person_id=hits.person_id.cast("int64"),
+        bit=hits.bit.cast("int64"),
+        drug=ibis.literal(0, "int64"),
     )
-    masks = hits.group_by("person_id").aggregate(deficit_mask=hits.bit.bit_or())
 
     rx = _rx_substances(kid.table("prescriptions"))
     window_start = months_before(at, POLYPHARMACY_MONTHS)
     rx = rx.filter((rx.issue_date > ibis.literal(window_start)) & (rx.issue_date <= at))
     # Distinct pairs then a count: hash aggregates parallelise where COUNT(DISTINCT) does not.
-    pairs = rx.select("person_id", "substance").distinct()
-    drugs = pairs.group_by("person_id").aggregate(drugs_12m=pairs.count())
-
-    joined = people.left_join(masks, "person_id").drop("person_id_right")
-    joined = joined.left_join(drugs, "person_id").drop("person_id_right")
+    pairs = (
+        rx.select("person_id", "substance")
+        .distinct()
+        .mutate(person_id=ibis._.person_id.cast("int64"))
+        .select("person_id", bit=ibis.literal(0, "int64"), drug=ibis.literal(1, "int64"))
+    )
+    # Deficit bits and drugs in one stream and one grouping per person, then one join to the
+    # people: a join and a hash table fewer than grouping each and joining both.
+    stream = hits.union(pairs, distinct=False)
+    per_person = stream.group_by("person_id").aggregate(
+        deficit_mask=stream.bit.bit_or(), drugs_12m=stream.drug.sum()
+    )
+    joined = people.left_join(per_person, "person_id").drop("person_id_right")
     out = joined.select(
         "person_id",
         "sex",
