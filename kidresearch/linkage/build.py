@@ -564,6 +564,10 @@ class _Builder:
         finally:
             self.con.execute("RESET disabled_optimizers")
 
+    def hashing(self) -> bool:
+        """Whether the register's HMACs are still being computed on the worker thread."""
+        return self._pending is not None and not self._pending[0].done()
+
     def _large(self, feed: str) -> bool:
         """Whether a feed holds at least a tenth of all raw rows."""
         rows = {e.feed: 0 for e in self.extracts}
@@ -1674,6 +1678,17 @@ def _build_new(
         builder.stage_feed("registrations")
         builder.build_register()
         # One feed at a time: stage, corrections, quarantine, reconcile, publish, free.
+        # Small feeds staged while the register's HMACs are still being computed (on a worker
+        # thread) are written once they are done, so that DuckDB never waits for them.
+        deferred: list[str] = []
+
+        def publish(feeds: list[str]) -> None:
+            for name in feeds:
+                builder.write_event_table(name, tables, costs=True)
+                if name in MONTHLY_COSTED:
+                    builder.write_costs_part(name, tables)
+                builder.drop_stage(name)
+
         for feed in _feed_order(extracts):
             if plan is not None and feed in EVENT_TABLES:
                 step(f"Adding {', '.join(plan.new_months)} to {feed}")
@@ -1687,10 +1702,11 @@ def _build_new(
             builder.write_quarantine(feed, temp_quarantine)
             builder.reconcile(feed)
             if feed in EVENT_TABLES:
-                builder.write_event_table(feed, tables, costs=True)
-                if feed in MONTHLY_COSTED:
-                    builder.write_costs_part(feed, tables)
-                builder.drop_stage(feed)
+                deferred.append(feed)
+                if not builder.hashing():
+                    publish(deferred)
+                    deferred = []
+        publish(deferred)
         step("Writing persons")
         builder.write_persons(tables)
         builder.drop_stage("registrations")
