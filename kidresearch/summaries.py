@@ -357,14 +357,20 @@ def load_truth(
 
 
 def naive_vs_matched(
-    study: Any, matched: Any, outcomes: Sequence[str] | None = None
+    study: Any,
+    matched: Any,
+    outcomes: Sequence[str] | None = None,
+    *,
+    adjust: bool | Sequence[str] = False,
 ) -> pd.DataFrame:
     """Naive (unmatched) and matched differences in mean outcome, one row per outcome.
 
     The naive difference compares every treated person with every candidate control, with a
     Welch (unequal variances) normal-approximation 95% interval; the matched difference is
     :meth:`kidresearch.cohorts.MatchResult.estimate` (difference in means on the matched sample,
-    pair-clustered standard errors), as MatchIt's vignette estimates the ATT.
+    pair-clustered standard errors), as MatchIt's vignette estimates the ATT; with ``adjust`` it
+    is also adjusted for covariates by g-computation (see ``MatchResult.estimate``), which
+    removes differences left inside the pairs.
 
     Parameters
     ----------
@@ -374,13 +380,17 @@ def naive_vs_matched(
         ``study.match(...)``.
     outcomes : list of str, optional
         Default: the study's outcomes.
+    adjust : bool or list of str, default False
+        Passed to ``matched.estimate``: ``True`` adjusts the matched difference for the
+        matching covariates, a list for those columns.
 
     Returns
     -------
     pandas.DataFrame
         ``programme, outcome, treated_mean, control_mean, naive_difference, naive_lower,
         naive_upper, matched_difference, matched_lower, matched_upper, matched_p_value,
-        treated, controls, matched_controls``.
+        matched_adjusted, treated, controls, matched_controls`` (``matched_adjusted`` says
+        which covariates the matched difference is adjusted for, ``""`` for none).
 
     Raises
     ------
@@ -404,9 +414,15 @@ def naive_vs_matched(
     y = data[names].astype("float64")
     mean1, mean0 = y[is_treated].mean(), y[~is_treated].mean()
     se = np.sqrt(y[is_treated].var() / n1 + y[~is_treated].var() / n0)
+    if adjust is True:
+        adjusted_for = "matching covariates"
+    elif adjust is False:
+        adjusted_for = ""
+    else:
+        adjusted_for = ", ".join(adjust)
     rows = []
     for outcome in names:
-        effect = matched.estimate(outcome)
+        effect = matched.estimate(outcome, adjust=adjust) if adjust else matched.estimate(outcome)
         diff = float(mean1[outcome] - mean0[outcome])
         rows.append(
             {
@@ -421,6 +437,7 @@ def naive_vs_matched(
                 "matched_lower": float(effect.conf_low),
                 "matched_upper": float(effect.conf_high),
                 "matched_p_value": float(effect.p_value),
+                "matched_adjusted": adjusted_for,
                 "treated": int(effect.n_treated),
                 "controls": n0,
                 "matched_controls": int(effect.n_control),

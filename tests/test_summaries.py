@@ -145,8 +145,30 @@ def test_naive_vs_matched_by_hand() -> None:
     assert row["naive_lower"] == pytest.approx(2.0 - half_width)
     assert row["naive_upper"] == pytest.approx(2.0 + half_width)
     assert (row["matched_difference"], row["treated"], row["controls"]) == (1.5, 2, 4)
+    assert row["matched_adjusted"] == ""
     with pytest.raises(KidError, match="not columns of the cohort"):
         naive_vs_matched(study, matched, ["cost_gbp"])
+
+
+def test_naive_vs_matched_passes_the_adjustment_on() -> None:
+    data = pd.DataFrame({"treated": [1, 1, 0, 0], "y": [3.0, 5.0, 1.0, 2.0]})
+    study = SimpleNamespace(data=data, treatment="treated", outcomes=("y",), programme="p")
+    asked: list[object] = []
+
+    def estimate(outcome: str, adjust: object = False) -> SimpleNamespace:
+        asked.append(adjust)
+        value = 1.0 if adjust else 2.0
+        return SimpleNamespace(
+            estimate=value, conf_low=0.0, conf_high=3.0, p_value=0.2, n_treated=2, n_control=2
+        )
+
+    matched = SimpleNamespace(estimate=estimate)
+    rows = naive_vs_matched(study, matched, adjust=True)
+    assert rows["matched_difference"].tolist() == [1.0]
+    assert rows["matched_adjusted"].tolist() == ["matching covariates"]
+    rows = naive_vs_matched(study, matched, adjust=["age", "efi_deficits"])
+    assert rows["matched_adjusted"].tolist() == ["age, efi_deficits"]
+    assert asked == [True, ["age", "efi_deficits"]]
 
 
 def test_released_numbers_are_rounded_to_significant_figures() -> None:
