@@ -21,12 +21,14 @@ distinct NHS numbers and UPRNs):
 2. **Register**: registration rows are validated first; the distinct NHS numbers of the valid
    ones are the population register, and ``person_id`` is the keyed HMAC of each
    (:mod:`.pseudonym`); ``household_id`` likewise from the distinct UPRNs.
-3. **One feed at a time**: one multi-file scan of the feed's extracts is validated against
-   :mod:`kidresearch.schema` (:mod:`.validate`; the first failing check of a row is its
-   quarantine reason) and linked to the register on the normalised NHS number into an
-   in-memory staging table that carries the person's 4-byte build key, not the 8-byte
-   ``person_id`` (joined only when a table is written); DuckDB spills it to ``restricted/``
-   beyond its memory limit, so memory is bounded by the largest feed. Then:
+3. **One feed at a time** (registrations and deaths, then the event feeds from the smallest):
+   one multi-file scan of the feed's extracts is validated against :mod:`kidresearch.schema`
+   (:mod:`.validate`; the first failing check of a row is its quarantine reason) and linked to
+   the register on the normalised NHS number (a hash join built on the register) into an
+   in-memory staging table that carries the final 64-bit ``person_id`` once the register's
+   HMACs are done (a worker thread computes them while the first, small feeds are staged with
+   the register's 4-byte key, and those are written when the HMACs are done); DuckDB spills it
+   to ``restricted/`` beyond its memory limit, so memory is bounded by the largest feed. Then:
 
    * **corrections**: when a ``record_id`` comes again in a later extract the latest extract
      wins (within one extract the last row wins; earlier copies are quarantined);
@@ -36,9 +38,9 @@ distinct NHS numbers and UPRNs):
      linked + rows quarantined, and rows published = rows linked - corrections; otherwise
      :class:`~kidresearch.errors.BuildError`;
    * **publish the table** (hive partitions ``year=YYYY/part-0.parquet`` by the year of the
-     table's ``date_column``; the ``year`` column lives only in the folder name; zstd) and
-     its **costs** (``costs/year=YYYY/<feed>-0.parquet``, see :mod:`.costs`, computed from
-     the table just written); free the staging.
+     table's ``date_column``, one ``COPY`` per large year; the ``year`` column lives only in
+     the folder name; zstd) and its **costs** (``costs/year=YYYY/<feed>-0.parquet``, see
+     :mod:`.costs`, computed from the same staged rows in the same loop); free the staging.
 4. **Persons** from the registrations and deaths (latest practice and LSOA, birth year and
    month, registration span, death); practices and LSOAs from the reference files
    (``part-0.parquet``).
