@@ -741,6 +741,16 @@ def test_spark_and_duckdb_give_identical_efi_first_dates_and_pseudonyms(
     spark = efi_first_dates(spark_kid)
     pd.testing.assert_frame_equal(spark, efi_first_dates(kid))
     pd.testing.assert_frame_equal(spark, pandas_efi_first_dates())
+    # Person and household pseudonyms (15 and 13 hex) agree between the engines.
+    columns = ["person_id", "household_id"]
+    spark_ids = spark_kid.table("persons").select(columns).to_pyarrow().to_pandas()
+    duck_ids = kid.table("persons").select(columns).to_pyarrow().to_pandas()
+    pd.testing.assert_frame_equal(
+        spark_ids.sort_values("person_id", ignore_index=True),
+        duck_ids.sort_values("person_id", ignore_index=True),
+        check_dtype=False,
+    )
+    assert duck_ids.household_id.notna().sum() > 0
 
 
 @pytest.mark.spark
