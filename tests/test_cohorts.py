@@ -721,32 +721,34 @@ def test_cohort_study_rejects_unknown_outcomes(programme_kid) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def null_programme_kid(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The null scenario generated, keyed and built once per test run (about 30 s)."""
+def _scenario_kid(tmp_path_factory: pytest.TempPathFactory, scenario: str, key_text: str) -> Path:
+    """Generate ``tests/data/<scenario>.yaml``, key and build it once per test run.
+
+    A fixed linkage key and a fixed proposal secret (:func:`_fix_proposal_secret`) make the
+    run reproducible: matching breaks ties between controls with equal propensity scores in
+    pseudonym order, so each key gives a slightly different matched set (on the null scenario
+    the cost estimate moved by about one standard error across eight random keys).
+    """
     from conftest import _once
 
     from kidresearch.linkage import build
     from kidresearch.synth import generate
 
     def make(out: Path) -> None:
-        generate(Path(__file__).parent / "data" / "null_frailty_team.yaml", out=out / "synth")
-        # A fixed test key, so the run is reproducible: matching breaks ties between controls
-        # with equal propensity scores in pseudonym order, so each key gives a slightly
-        # different matched set (on this scenario the cost estimate moved by about one
-        # standard error across eight random keys).
+        generate(Path(__file__).parent / "data" / f"{scenario}.yaml", out=out / "synth")
         key = out / "pseudonymisation.key"
-        key.write_text("0123456789abcdef" * 4 + "\n")
+        key.write_text(key_text * 4 + "\n")
         key.chmod(0o600)
-        build(
-            out / "synth" / "raw",
-            out / "kid",
-            key_file=out / "pseudonymisation.key",
-            progress=False,
-        )
+        build(out / "synth" / "raw", out / "kid", key_file=key, progress=False)
         _fix_proposal_secret(out / "kid")
 
-    return _once(tmp_path_factory, "null_frailty_team", make)
+    return _once(tmp_path_factory, scenario, make)
+
+
+@pytest.fixture(scope="session")
+def null_programme_kid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The null scenario generated, keyed and built once per test run (about 30 s)."""
+    return _scenario_kid(tmp_path_factory, "null_frailty_team", "0123456789abcdef")
 
 
 def _fix_proposal_secret(kid_dir: Path) -> None:
@@ -909,20 +911,7 @@ def test_cohort_study_rejects_an_unknown_controls_design(programme_kid) -> None:
 @pytest.fixture(scope="session")
 def strong_programme_kid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A strong-effect scenario (rate ratio 0.6, common enrolment), built once per run."""
-    from conftest import _once
-
-    from kidresearch.linkage import build
-    from kidresearch.synth import generate
-
-    def make(out: Path) -> None:
-        generate(Path(__file__).parent / "data" / "strong_frailty_team.yaml", out=out / "synth")
-        key = out / "pseudonymisation.key"
-        key.write_text("fedcba9876543210" * 4 + "\n")
-        key.chmod(0o600)
-        build(out / "synth" / "raw", out / "kid", key_file=key, progress=False)
-        _fix_proposal_secret(out / "kid")
-
-    return _once(tmp_path_factory, "strong_frailty_team", make)
+    return _scenario_kid(tmp_path_factory, "strong_frailty_team", "fedcba9876543210")
 
 
 def test_censoring_controls_at_later_enrolment_removes_the_dilution(
