@@ -34,7 +34,6 @@ Examples
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import logging
 import re
 import warnings
@@ -933,12 +932,15 @@ def _running_counts(
 
 
 def _incomplete_months(kid: KIDLike, dates: Sequence[dt.date]) -> np.ndarray:
-    """Flag period ends in months the reporting lag has not yet filled."""
+    """Flag period ends in months the reporting lag has not yet filled.
+
+    A session with ``completeness(tables=...)`` (as :meth:`kidresearch.access.KID.completeness`)
+    is asked about the eFI's inputs only; checking every approved table costs seconds at Kent
+    scale.
+    """
     completeness = getattr(kid, "completeness", None)
     if callable(completeness):
-        inputs_only = "tables" in inspect.signature(completeness).parameters
-        # Only the eFI's inputs: checking every approved table costs seconds at Kent scale.
-        table = completeness(tables=TREND_INPUT_TABLES) if inputs_only else completeness()
+        table = completeness(tables=TREND_INPUT_TABLES)
         inputs = table[table["table"].isin(TREND_INPUT_TABLES)]
         bad = set(inputs.loc[~inputs["complete"].astype(bool), "month"].astype(str))
         if len(inputs):
