@@ -572,9 +572,7 @@ class _Builder:
 
     def _large(self, feed: str) -> bool:
         """Whether a feed holds at least a tenth of all raw rows."""
-        rows = {e.feed: 0 for e in self.extracts}
-        for e in self.extracts:
-            rows[e.feed] += max(e.rows, 0)
+        rows = _rows_per_feed(self.extracts)
         return 10 * rows.get(feed, 0) >= sum(rows.values()) > 0
 
     def drop_stage(self, feed: str) -> None:
@@ -1299,13 +1297,19 @@ class _Builder:
 
 
 # --------------------------------------------------------------------------------- helpers
+def _rows_per_feed(extracts: list[_Extract]) -> dict[str, int]:
+    """Raw rows of each feed (0 for a feed without extracts; unknown counts add nothing)."""
+    rows = {feed: 0 for feed in schema.RAW_FEEDS}
+    for e in extracts:
+        rows[e.feed] += max(e.rows, 0)
+    return rows
+
+
 def _feed_order(extracts: list[_Extract]) -> list[str]:
     """The order feeds are built in: registrations (the register) and deaths first, then the
     event feeds from the smallest to the largest, so that the HMACs of the register (on a
     worker thread) are done before the large feeds are staged."""
-    rows = {feed: 0 for feed in schema.RAW_FEEDS}
-    for e in extracts:
-        rows[e.feed] += max(e.rows, 0)
+    rows = _rows_per_feed(extracts)
     first = [f for f in ("registrations", "deaths") if f in rows]
     rest = sorted((f for f in schema.RAW_FEEDS if f not in first), key=lambda f: rows[f])
     return first + rest
